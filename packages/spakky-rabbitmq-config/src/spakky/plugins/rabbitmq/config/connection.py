@@ -1,0 +1,237 @@
+"""The one long-lived AMQP connection a transport or consumer keeps per event loop."""
+
+import asyncio
+import logging
+import os
+import random
+import sys
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+
+import aiormq
+import aiormq.abc
+import aiormq.exceptions
+
+from spakky.plugins.rabbitmq.config.errors import (
+    RabbitMQAuthenticationError,
+    RabbitMQConnectionError,
+)
+from spakky.plugins.rabbitmq.config.settings import RabbitMQConnectionConfig
+
+logger = logging.getLogger(__name__)
+
+ReconnectListener = Callable[[], Awaitable[None]]
+
+_BACKOFF_FIRST = 0.2
+_BACKOFF_MAX = 15.0
+_CLOSE_TIMEOUT = 5.0
+
+
+class RabbitMQConnection:
+    """Owns one aiormq connection on the loop that opened it, and reopens it after a drop.
+
+    After a reconnect every listener runs in registration order so that channels,
+    topology and consumers come back. Use it only from the loop that called `open`.
+
+    Example:
+        connection = RabbitMQConnection(config, role="publisher")
+        await connection.open()
+        channel = await connection.channel(confirms=True)
+    """
+
+    def __init__(self, config: RabbitMQConnectionConfig, *, role: str) -> None:
+        self._config = config
+        self._role = role
+        self._connection: aiormq.abc.AbstractConnection | None = None
+        self._listeners: list[ReconnectListener] = []
+        self._supervisor: asyncio.Task[None] | None = None
+        self._open = asyncio.Event()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<RabbitMQConnection {self._role} {self._config.safe_url}>"
+
+    @property
+    def is_open(self) -> bool:
+        """True while the AMQP connection is up."""
+        connection = self._connection
+        return connection is not None and not connection.is_closed and not self._closed
+
+    def add_reconnect_listener(self, listener: ReconnectListener) -> None:
+        """Run ``listener`` after every successful reconnect."""
+        self._listeners.append(listener)
+
+    async def open(self) -> None:
+        """Connect once, bounded by ``CONNECT_TIMEOUT``, and start watching the connection.
+
+        Raises:
+            RabbitMQAuthenticationError: The broker refused the credentials or vhost.
+            RabbitMQConnectionError: The broker did not answer in time or at all.
+        """
+        self._connection = await self._connect()
+        self._open.set()
+        self._supervisor = asyncio.create_task(
+            self._supervise(), name=f"spakky-rabbitmq-{self._role}-supervisor"
+        )
+
+    async def ready(self, timeout: float) -> aiormq.abc.AbstractConnection:  # noqa: ASYNC109
+        """Return the open connection, waiting up to ``timeout`` seconds while it reconnects.
+
+        Raises:
+            RabbitMQConnectionError: The connection is closed for good or did not come back.
+        """
+        connection = self._connection
+        if connection is not None and self._open.is_set() and not connection.is_closed:
+            return connection
+        if self._closed:
+            raise RabbitMQConnectionError(f"{self!r} is closed")
+        try:
+            async with asyncio.timeout(timeout):
+                await self._open.wait()
+        except TimeoutError:
+            raise RabbitMQConnectionError(
+                f"RabbitMQ at {self._config.safe_url} did not come back within {timeout:g} s"
+            ) from None
+        return await self.ready(timeout)
+
+    async def channel(
+        self, *, confirms: bool, prefetch_count: int | None = None
+    ) -> aiormq.abc.AbstractChannel:
+        """Open a channel on the current connection, bounded by ``CONNECT_TIMEOUT``."""
+        connection = await self.ready(self._config.connect_timeout)
+        timeout = self._config.connect_timeout
+        channel = await connection.channel(
+            publisher_confirms=confirms, on_return_raises=True, timeout=timeout
+        )
+        if prefetch_count is not None:
+            await channel.basic_qos(prefetch_count=prefetch_count, timeout=timeout)
+        return channel
+
+    async def close(self) -> None:
+        """Close the connection and stop reconnecting; safe to call twice."""
+        self._closed = True
+        self._open.clear()
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None:
+            supervisor.cancel()
+            await asyncio.gather(supervisor, return_exceptions=True)
+        connection, self._connection = self._connection, None
+        if connection is not None and not connection.is_closed:
+            try:
+                await asyncio.wait_for(connection.close(), _CLOSE_TIMEOUT)
+            except (TimeoutError, aiormq.exceptions.AMQPError, OSError) as error:
+                logger.debug("closing %r ended with %s", self, type(error).__name__)
+
+    async def _connect(self) -> aiormq.abc.AbstractConnection:
+        config = self._config
+        connection = aiormq.Connection(
+            config.amqp_url.update_query(heartbeat=config.heartbeat),
+            client_properties={"connection_name": self._connection_name()},
+        )
+        try:
+            await asyncio.wait_for(
+                connection.connect(),  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType]
+                config.connect_timeout,
+            )
+        except (
+            aiormq.exceptions.AuthenticationError,
+            aiormq.exceptions.ProbableAuthenticationError,
+            aiormq.exceptions.ConnectionNotAllowed,
+        ) as error:
+            await _abandon(connection)
+            raise RabbitMQAuthenticationError(
+                f"RabbitMQ at {config.safe_url} refused the login "
+                f"({type(error).__name__}); check SPAKKY_RABBITMQ__USER, "
+                "SPAKKY_RABBITMQ__PASSWORD and SPAKKY_RABBITMQ__VHOST"
+            ) from None
+        except TimeoutError:
+            await _abandon(connection)
+            raise RabbitMQConnectionError(
+                f"RabbitMQ at {config.safe_url} did not answer within "
+                f"{config.connect_timeout:g} s (SPAKKY_RABBITMQ__CONNECT_TIMEOUT)"
+            ) from None
+        except (OSError, aiormq.exceptions.AMQPError) as error:
+            await _abandon(connection)
+            raise RabbitMQConnectionError(
+                f"cannot connect to RabbitMQ at {config.safe_url}: {_describe(error)}"
+            ) from None
+        return connection
+
+    async def _supervise(self) -> None:
+        while not self._closed:
+            connection = self._connection
+            assert connection is not None
+            try:
+                await connection.closing  # pyright: ignore[reportUnknownMemberType]
+            except asyncio.CancelledError:
+                # Our close(), or the loop itself is ending (asyncio.run returning):
+                # either way the connection goes with it, closed properly.
+                self._closed = True
+                self._open.clear()
+                await _abandon(connection)
+                raise
+            except Exception as error:  # the reason it closed; we only log it
+                reason = _describe(error)
+            else:
+                reason = "closed"
+            if self._closed:
+                return
+            self._open.clear()
+            logger.warning("%r lost its connection (%s); reconnecting", self, reason)
+            await self._reconnect()
+
+    async def _reconnect(self) -> None:
+        delay = _BACKOFF_FIRST
+        attempt = 0
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while not self._closed:
+            attempt += 1
+            try:
+                self._connection = await self._connect()
+            except RabbitMQConnectionError as error:
+                if attempt == 1 or attempt % 10 == 0:
+                    logger.warning("%r reconnect attempt %d failed: %s", self, attempt, error)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, _BACKOFF_MAX)
+                continue
+            try:
+                for listener in self._listeners:
+                    await listener()
+            except Exception as error:  # a listener failed: drop and start over
+                logger.warning("%r could not restore its channels: %s", self, _describe(error))
+                await _abandon(self._connection)
+                continue
+            self._open.set()
+            logger.warning(
+                "%r reconnected after %d attempt(s) in %.1f s",
+                self,
+                attempt,
+                loop.time() - started,
+            )
+            return
+
+    def _connection_name(self) -> str:
+        if self._config.connection_name:
+            return f"{self._config.connection_name} ({self._role})"
+        program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+        return f"{program}[{os.getpid()}] spakky-rabbitmq {self._role}"
+
+
+async def _abandon(connection: aiormq.abc.AbstractConnection | None) -> None:
+    if connection is None or connection.is_closed:
+        return
+    with suppress(TimeoutError, aiormq.exceptions.AMQPError, OSError):
+        await asyncio.wait_for(connection.close(), _CLOSE_TIMEOUT)
+
+
+def _describe(error: BaseException) -> str:
+    """Name an AMQP or socket error without echoing URLs or frames that hold credentials."""
+    args: list[object] = list(error.args)
+    if isinstance(error, aiormq.exceptions.AMQPError) and args:
+        frame = args[-1] if len(args) > 1 else None
+        text = getattr(frame, "reply_text", None) or args[0]
+        return f"{type(error).__name__}: {text}"
+    if isinstance(error, OSError):
+        return f"{type(error).__name__}: {error.strerror or error}"
+    return type(error).__name__

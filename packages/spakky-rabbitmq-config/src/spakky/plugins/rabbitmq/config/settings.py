@@ -1,0 +1,191 @@
+"""Settings read from ``SPAKKY_RABBITMQ__*`` environment variables."""
+
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Self
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from spakky.core.stereotype.configuration import Configuration
+from yarl import URL
+
+from spakky.plugins.rabbitmq.config.errors import RabbitMQConfigurationError
+
+ENV_PREFIX = "SPAKKY_RABBITMQ__"
+
+
+class RabbitMQMessageAction(StrEnum):
+    """What the consumer does with a message it will not hand to a handler."""
+
+    ACK = "ack"
+    """Acknowledge: the broker forgets the message."""
+
+    NACK_REQUEUE = "nack_requeue"
+    """Negative-acknowledge and put the message back on its queue, after a delay."""
+
+    NACK_DROP = "nack_drop"
+    """Negative-acknowledge without requeue: dropped, or dead-lettered by a broker policy."""
+
+    DEAD_LETTER = "dead_letter"
+    """Move the message to the plugin's dead-letter queue with the reason in its headers."""
+
+
+RabbitMQAuthFailureAction = RabbitMQMessageAction
+"""Name used by the brief for the auth outcome actions."""
+
+
+class RabbitMQExchangeType(StrEnum):
+    """AMQP exchange types the plugin can declare."""
+
+    DIRECT = "direct"
+    TOPIC = "topic"
+    FANOUT = "fanout"
+
+
+def env_var(field_name: str) -> str:
+    """Return the environment variable that sets a settings field."""
+    return f"{ENV_PREFIX}{field_name.upper()}"
+
+
+@Configuration()
+class RabbitMQConnectionConfig(BaseSettings):
+    """How to reach RabbitMQ and how the plugin treats messages.
+
+    Either ``URL`` alone, or ``HOST`` with ``USER`` and ``PASSWORD``; every other
+    value has a default. Invalid values fail at construction with
+    `RabbitMQConfigurationError`, naming the environment variable.
+    """
+
+    model_config: ClassVar[SettingsConfigDict] = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="ignore",
+        hide_input_in_errors=True,
+    )
+
+    url: SecretStr | None = None
+    """``amqp://`` or ``amqps://`` URL; replaces host, port, user, password, vhost, SSL."""
+
+    use_ssl: bool = False
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    """Defaults to 5672, or 5671 with SSL."""
+
+    user: str | None = None
+    password: SecretStr | None = None
+    vhost: str = "/"
+
+    exchange_name: str | None = None
+    """When set, events are published to this exchange with the event name as routing key."""
+
+    exchange_type: RabbitMQExchangeType = RabbitMQExchangeType.DIRECT
+    exchange_durable: bool = True
+
+    auth_challenge_action: RabbitMQMessageAction = RabbitMQMessageAction.ACK
+    auth_deny_action: RabbitMQMessageAction = RabbitMQMessageAction.ACK
+    auth_error_action: RabbitMQMessageAction = RabbitMQMessageAction.NACK_REQUEUE
+    malformed_payload_action: RabbitMQMessageAction = RabbitMQMessageAction.DEAD_LETTER
+    handler_error_action: RabbitMQMessageAction = RabbitMQMessageAction.DEAD_LETTER
+
+    prefetch_count: int = Field(default=32, ge=1, le=65535)
+    """Unacknowledged messages the broker sends to each event queue's consumer."""
+
+    concurrency: int = Field(default=8, ge=1, le=1024)
+    """Messages of one event queue handled at once; 1 keeps the queue's order."""
+
+    requeue_delay: float = Field(default=1.0, ge=0, le=3600)
+    """Seconds to wait before a ``nack_requeue`` so a failing message cannot spin."""
+
+    mandatory: bool = True
+    """Publish with the mandatory flag: an unroutable event fails its flush()."""
+
+    heartbeat: int = Field(default=30, ge=0, le=3600)
+    connect_timeout: float = Field(default=10.0, gt=0, le=600)
+    confirm_timeout: float = Field(default=30.0, gt=0, le=3600)
+    """Seconds flush() waits for the broker's publisher confirms."""
+
+    drain_timeout: float = Field(default=30.0, ge=0, le=3600)
+    """Seconds a stopping consumer waits for handlers that are already running."""
+
+    connection_name: str | None = None
+    """Shown in the broker's management UI; defaults to the process name and pid."""
+
+    retry_delays: Annotated[tuple[float, ...], NoDecode] = ()
+    """Comma-separated seconds between attempts of a failing handler (empty: no retry)."""
+
+    def __init__(self) -> None:
+        self._load({})
+
+    @classmethod
+    def from_values(cls, **values: Any) -> Self:
+        """Settings from keyword arguments, over the environment (for tools and tests)."""
+        config = cls.__new__(cls)
+        config._load(values)
+        return config
+
+    def _load(self, values: dict[str, Any]) -> None:
+        try:
+            BaseSettings.__init__(self, **values)
+        except ValidationError as error:
+            raise RabbitMQConfigurationError.from_validation(error, env_var) from None
+
+    @field_validator("retry_delays", mode="before")
+    @classmethod
+    def _split_delays(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(float(part) for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("retry_delays")
+    @classmethod
+    def _positive_delays(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(delay <= 0 for delay in value):
+            raise ValueError("every retry delay must be a positive number of seconds")
+        return value
+
+    @model_validator(mode="after")
+    def _where_to_connect(self) -> Self:
+        if self.url is not None:
+            parsed = URL(self.url.get_secret_value())
+            if parsed.scheme not in ("amqp", "amqps") or not parsed.host:
+                raise ValueError(
+                    f"{env_var('url')} must look like amqp://user:password@host:5672/vhost"
+                )
+            return self
+        missing = [
+            env_var(name) for name in ("host", "user", "password") if getattr(self, name) is None
+        ]
+        if missing:
+            raise ValueError(
+                f"set {', '.join(missing)} (or {env_var('url')}) to tell the plugin where "
+                "RabbitMQ is"
+            )
+        return self
+
+    @property
+    def amqp_url(self) -> URL:
+        """The full connection URL, credentials included; never log it."""
+        if self.url is not None:
+            return URL(self.url.get_secret_value())
+        assert self.host is not None
+        assert self.user is not None
+        assert self.password is not None
+        # aiormq decodes the path and then turns only "%2F" back into "/".
+        vhost = self.vhost.replace("/", "%2F")
+        return URL.build(
+            scheme="amqps" if self.use_ssl else "amqp",
+            user=self.user,
+            password=self.password.get_secret_value(),
+            host=self.host,
+            port=self.port or (5671 if self.use_ssl else 5672),
+            path="/" + vhost,
+        )
+
+    @property
+    def safe_url(self) -> str:
+        """The connection URL with the password masked, for logs and errors."""
+        url = self.amqp_url
+        return str(url.with_password("***") if url.password is not None else url)
+
+    def __repr__(self) -> str:
+        return f"RabbitMQConnectionConfig(url={self.safe_url!r})"
+
+    __str__ = __repr__

@@ -1,0 +1,553 @@
+"""Consuming on one event loop: subscribe, decode, dispatch, settle each message."""
+
+import asyncio
+import contextvars
+import enum
+import logging
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+import aiormq.abc
+import aiormq.exceptions
+from pamqp import commands as spec
+from pydantic import TypeAdapter, ValidationError
+from spakky.core.pod.interfaces.application_context import IApplicationContext
+from spakky.domain.models.event import AbstractEvent
+from spakky.event.error import InvalidMessageError
+
+from spakky.plugins.rabbitmq.config.connection import RabbitMQConnection
+from spakky.plugins.rabbitmq.config.publisher import ConfirmPublisher
+from spakky.plugins.rabbitmq.config.settings import RabbitMQConnectionConfig, RabbitMQMessageAction
+from spakky.plugins.rabbitmq.config.topology import (
+    dead_letter_queue_name,
+    declaration_channel,
+    declare_dead_letter_queue,
+    declare_event_queue,
+    event_name_of,
+    queue_name,
+)
+from spakky.plugins.rabbitmq.consumer.headers import (
+    HEADER_ATTEMPT,
+    HEADER_DEAD_LETTERED_AT,
+    HEADER_ERROR_MESSAGE,
+    HEADER_ERROR_TYPE,
+    HEADER_HANDLERS,
+    HEADER_ORIGINAL_QUEUE,
+    HEADER_REASON,
+    text_headers,
+)
+from spakky.plugins.rabbitmq.consumer.interceptor import (
+    HandlerInfo,
+    IConsumeInterceptor,
+    InboundMessage,
+    MessageRejected,
+)
+
+logger = logging.getLogger(__name__)
+
+_ERROR_TEXT_LIMIT = 1000
+_AMQP_TIMEOUT = 10.0
+
+
+class _Settle(enum.Enum):
+    DONE = "done"
+    REQUEUE = "requeue"
+    DROP = "drop"
+    DEAD = "dead"
+
+
+_SETTLE_OF_ACTION = {
+    RabbitMQMessageAction.ACK: _Settle.DONE,
+    RabbitMQMessageAction.NACK_REQUEUE: _Settle.REQUEUE,
+    RabbitMQMessageAction.NACK_DROP: _Settle.DROP,
+    RabbitMQMessageAction.DEAD_LETTER: _Settle.DEAD,
+}
+
+
+@dataclass(slots=True)
+class _Outcome:
+    handler: HandlerInfo | None
+    """None when no handler ran (the body could not be decoded)."""
+    settle: _Settle
+    reason: str = ""
+    error: BaseException | None = None
+
+
+@dataclass(slots=True)
+class _Subscription:
+    event_type: type[AbstractEvent]
+    event_name: str
+    queue: str
+    handlers: list[HandlerInfo]
+    adapter: TypeAdapter[AbstractEvent]
+    semaphore: asyncio.Semaphore
+    channel: aiormq.abc.AbstractChannel | None = None
+    consumer_tag: str | None = None
+    by_id: dict[str, HandlerInfo] = field(default_factory=dict[str, HandlerInfo])
+
+
+class ConsumerEngine:
+    """Consumes the queues of a set of events on the running loop.
+
+    Each event queue gets its own channel (a channel error stays local to it),
+    prefetch ``PREFETCH_COUNT`` and at most ``CONCURRENCY`` messages in handlers.
+    A message is acknowledged only after all its handlers returned; see
+    `_settle` for what happens otherwise.
+    """
+
+    def __init__(
+        self,
+        config: RabbitMQConnectionConfig,
+        events: dict[type[AbstractEvent], list[HandlerInfo]],
+        interceptors: tuple[IConsumeInterceptor, ...],
+        application_context: IApplicationContext | None,
+        *,
+        role: str,
+    ) -> None:
+        self._config = config
+        self._interceptors = interceptors
+        self._application_context = application_context
+        self._role = role
+        self._subscriptions = [
+            self._subscription(event, handlers) for event, handlers in events.items()
+        ]
+        self._connection: RabbitMQConnection | None = None
+        self._publisher: ConfirmPublisher | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+
+    @property
+    def queues(self) -> list[str]:
+        """The queues this engine consumes."""
+        return [subscription.queue for subscription in self._subscriptions]
+
+    async def start(self) -> None:
+        """Connect, declare every queue with its dead-letter queue, and start consuming."""
+        if not self._subscriptions:
+            return
+        self._connection = RabbitMQConnection(self._config, role=self._role)
+        await self._connection.open()
+        self._publisher = ConfirmPublisher(
+            self._connection, ready_timeout=self._config.confirm_timeout
+        )
+        sync_handlers = sum(
+            not handler.is_async for sub in self._subscriptions for handler in sub.handlers
+        )
+        if sync_handlers:
+            self._executor = ThreadPoolExecutor(
+                max_workers=min(64, self._config.concurrency * len(self._subscriptions)),
+                thread_name_prefix=f"spakky-rabbitmq-{self._role}",
+            )
+        try:
+            for subscription in self._subscriptions:
+                await self._subscribe(subscription)
+        except BaseException:
+            await self._close_connection()
+            raise
+        self._connection.add_reconnect_listener(self._resubscribe)
+
+    async def stop(self) -> None:
+        """Stop new deliveries, let running handlers finish, hand the rest back to the broker.
+
+        Handlers get ``DRAIN_TIMEOUT`` seconds; a message whose handler is still
+        running then is not acknowledged, so the broker delivers it again.
+        """
+        self._stopping = True
+        for subscription in self._subscriptions:
+            await self._cancel(subscription)
+        if self._in_flight:
+            _, late = await asyncio.wait(self._in_flight, timeout=self._config.drain_timeout)
+            if late:
+                logger.warning(
+                    "%d message(s) still in handlers after %g s (SPAKKY_RABBITMQ__DRAIN_TIMEOUT); "
+                    "they stay unacknowledged and will be delivered again",
+                    len(late),
+                    self._config.drain_timeout,
+                )
+                for task in late:
+                    task.cancel()
+                await asyncio.wait(late, timeout=1.0)
+        await self._close_connection()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def _subscription(
+        self, event_type: type[AbstractEvent], handlers: list[HandlerInfo]
+    ) -> _Subscription:
+        event_name = event_name_of(event_type)
+        return _Subscription(
+            event_type=event_type,
+            event_name=event_name,
+            queue=queue_name(self._config, event_name),
+            handlers=handlers,
+            adapter=TypeAdapter(event_type),
+            semaphore=asyncio.Semaphore(self._config.concurrency),
+            by_id={handler.handler_id: handler for handler in handlers},
+        )
+
+    async def _subscribe(self, subscription: _Subscription) -> None:
+        connection = self._connection
+        assert connection is not None
+        async with declaration_channel(connection) as channel:
+            await declare_event_queue(channel, self._config, subscription.event_name)
+            await declare_dead_letter_queue(channel, self._config, subscription.queue)
+        channel = await connection.channel(
+            confirms=False, prefetch_count=self._config.prefetch_count
+        )
+        consume_ok = await channel.basic_consume(
+            subscription.queue,
+            partial(self._on_message, subscription),
+            timeout=_AMQP_TIMEOUT,
+        )
+        subscription.channel = channel
+        subscription.consumer_tag = consume_ok.consumer_tag
+        logger.debug(
+            "consuming %s with %d handler(s)", subscription.queue, len(subscription.handlers)
+        )
+
+    async def _resubscribe(self) -> None:
+        for subscription in self._subscriptions:
+            await self._subscribe(subscription)
+
+    async def _cancel(self, subscription: _Subscription) -> None:
+        channel, tag = subscription.channel, subscription.consumer_tag
+        if channel is None or tag is None or channel.is_closed:
+            return
+        try:
+            await channel.basic_cancel(tag, timeout=_AMQP_TIMEOUT)
+        except (TimeoutError, aiormq.exceptions.AMQPError, OSError) as error:
+            logger.debug("cancelling %s ended with %s", subscription.queue, type(error).__name__)
+
+    async def _close_connection(self) -> None:
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            await publisher.close()
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await connection.close()
+
+    async def _on_message(
+        self, subscription: _Subscription, message: aiormq.abc.DeliveredMessage
+    ) -> None:
+        delivery = message.delivery
+        if (
+            not isinstance(delivery, spec.Basic.Deliver)
+            or delivery.consumer_tag is None
+            or delivery.delivery_tag is None
+        ):
+            raise InvalidMessageError()
+        if self._stopping:
+            return  # never started: the broker gets it back when the channel closes
+        async with subscription.semaphore:
+            if self._stopping:
+                return
+            task = asyncio.current_task()
+            assert task is not None
+            self._in_flight.add(task)
+            try:
+                await self._process(subscription, message)
+            finally:
+                self._in_flight.discard(task)
+
+    async def _process(
+        self, subscription: _Subscription, message: aiormq.abc.DeliveredMessage
+    ) -> None:
+        properties = message.header.properties
+        headers = text_headers(properties.headers)
+        inbound = InboundMessage(
+            event_name=subscription.event_name,
+            queue=subscription.queue,
+            message_id=properties.message_id,
+            headers=headers,
+            body_size=len(message.body),
+            redelivered=bool(getattr(message.delivery, "redelivered", False)),
+            attempt=_attempt_of(headers),
+        )
+
+        try:
+            event = subscription.adapter.validate_json(message.body)
+        except ValidationError as error:
+            await self._settle_undecodable(subscription, message, error)
+            return
+
+        handlers = self._handlers_for(subscription, headers)
+        if len(handlers) == 1:
+            outcomes = [await self._invoke(handlers[0], event, inbound)]
+        else:
+            outcomes = await asyncio.gather(
+                *(self._invoke(handler, event, inbound) for handler in handlers)
+            )
+        await self._settle(subscription, message, outcomes)
+
+    def _handlers_for(
+        self, subscription: _Subscription, headers: dict[str, str]
+    ) -> list[HandlerInfo]:
+        wanted = headers.get(HEADER_HANDLERS)
+        if not wanted:
+            return subscription.handlers
+        chosen = [
+            subscription.by_id[handler_id]
+            for handler_id in wanted.split(",")
+            if handler_id in subscription.by_id
+        ]
+        if not chosen:
+            logger.warning(
+                "message on %s names handlers %s that are not registered; running all handlers",
+                subscription.queue,
+                wanted,
+            )
+            return subscription.handlers
+        return chosen
+
+    async def _invoke(
+        self, handler: HandlerInfo, event: AbstractEvent, inbound: InboundMessage
+    ) -> _Outcome:
+        if handler.is_async:
+            return await self._call_async(handler, event, inbound)
+        assert self._executor is not None
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, lambda: context.run(self._call_sync, handler, event, inbound)
+        )
+
+    async def _call_async(
+        self, handler: HandlerInfo, event: AbstractEvent, inbound: InboundMessage
+    ) -> _Outcome:
+        self._begin_message()
+        try:
+            with ExitStack() as stack:
+                self._enter_interceptors(stack, inbound, handler, event)
+                await handler.call(event)  # type: ignore[misc]
+        except MessageRejected as rejected:
+            return _Outcome(handler, _SETTLE_OF_ACTION[rejected.action], rejected.reason)
+        except Exception as error:
+            return self._failed(handler, inbound, error)
+        return _Outcome(handler, _Settle.DONE)
+
+    def _call_sync(
+        self, handler: HandlerInfo, event: AbstractEvent, inbound: InboundMessage
+    ) -> _Outcome:
+        self._begin_message()
+        try:
+            with ExitStack() as stack:
+                self._enter_interceptors(stack, inbound, handler, event)
+                handler.call(event)
+        except MessageRejected as rejected:
+            return _Outcome(handler, _SETTLE_OF_ACTION[rejected.action], rejected.reason)
+        except Exception as error:
+            return self._failed(handler, inbound, error)
+        return _Outcome(handler, _Settle.DONE)
+
+    def _begin_message(self) -> None:
+        # Each message starts from an empty application context, as an HTTP request does.
+        if self._application_context is not None:
+            self._application_context.clear_context()
+
+    def _enter_interceptors(
+        self, stack: ExitStack, inbound: InboundMessage, handler: HandlerInfo, event: AbstractEvent
+    ) -> None:
+        for interceptor in self._interceptors:
+            stack.enter_context(interceptor.intercept(inbound, handler, event))
+
+    def _failed(self, handler: HandlerInfo, inbound: InboundMessage, error: Exception) -> _Outcome:
+        settle = _SETTLE_OF_ACTION[self._config.handler_error_action]
+        logger.error(
+            "handler %s failed on message %s from %s (%s)",
+            handler.handler_id,
+            inbound.message_id,
+            inbound.queue,
+            settle.value,
+            exc_info=error,
+        )
+        return _Outcome(handler, settle, "handler_error", error)
+
+    async def _settle_undecodable(
+        self,
+        subscription: _Subscription,
+        message: aiormq.abc.DeliveredMessage,
+        error: ValidationError,
+    ) -> None:
+        details = error.errors(include_input=False, include_url=False)
+        malformed = any(detail["type"] == "json_invalid" for detail in details)
+        reason = "malformed_json" if malformed else "schema_mismatch"
+        summary = "; ".join(
+            f"{'.'.join(str(part) for part in detail['loc']) or 'body'}: {detail['msg']}"
+            for detail in details[:5]
+        )
+        action = self._config.malformed_payload_action
+        logger.warning(
+            "message %s on %s cannot be read as %s (%s): %s -> %s",
+            message.header.properties.message_id,
+            subscription.queue,
+            subscription.event_type.__name__,
+            reason,
+            summary,
+            action.value,
+        )
+        outcome = _Outcome(
+            handler=None,
+            settle=_SETTLE_OF_ACTION[action],
+            reason=reason,
+            error=_Undecodable(summary),
+        )
+        await self._settle(subscription, message, [outcome], name_handlers=False)
+
+    async def _settle(
+        self,
+        subscription: _Subscription,
+        message: aiormq.abc.DeliveredMessage,
+        outcomes: list[_Outcome],
+        *,
+        name_handlers: bool = True,
+    ) -> None:
+        """Acknowledge, reject, requeue or dead-letter after all handlers answered.
+
+        Every handler done: ack. All handlers want the same other thing: that
+        happens to the message itself (``nack_requeue`` after ``REQUEUE_DELAY``).
+        A mix: copies go to the dead-letter queue or back to the queue, each naming
+        only the handlers still owed (header ``x-spakky-handlers``), then the
+        original is acknowledged, so handlers that succeeded do not run twice.
+        """
+        unfinished = [outcome for outcome in outcomes if outcome.settle is not _Settle.DONE]
+        if not unfinished:
+            await _ack(message)
+            return
+        kinds = {outcome.settle for outcome in unfinished}
+        uniform = len(unfinished) == len(outcomes) and len(kinds) == 1
+        if uniform and _Settle.DROP in kinds:
+            await _nack(message, requeue=False)
+            return
+        if uniform and _Settle.REQUEUE in kinds:
+            await self._delay()
+            await _nack(message, requeue=True)
+            return
+
+        forwards: list[asyncio.Future[None]] = []
+        dead = [outcome for outcome in unfinished if outcome.settle is _Settle.DEAD]
+        if dead:
+            forwards.append(
+                self._forward(
+                    message,
+                    routing_key=_dead_letter_queue(subscription),
+                    outcomes=dead,
+                    name_handlers=name_handlers,
+                    extra=_dead_letter_headers(subscription, dead),
+                )
+            )
+        again = [outcome for outcome in unfinished if outcome.settle is _Settle.REQUEUE]
+        if again:
+            await self._delay()
+            forwards.append(
+                self._forward(
+                    message, routing_key=subscription.queue, outcomes=again, name_handlers=True
+                )
+            )
+        try:
+            async with asyncio.timeout(self._config.confirm_timeout):
+                await asyncio.gather(*forwards)
+        except Exception as error:
+            logger.error(
+                "could not move message %s from %s (%s); it goes back to the queue",
+                message.header.properties.message_id,
+                subscription.queue,
+                type(error).__name__,
+            )
+            await self._delay()
+            await _nack(message, requeue=True)
+            return
+        await _ack(message)
+
+    def _forward(
+        self,
+        message: aiormq.abc.DeliveredMessage,
+        *,
+        routing_key: str,
+        outcomes: list[_Outcome],
+        name_handlers: bool,
+        extra: dict[str, str] | None = None,
+    ) -> asyncio.Future[None]:
+        assert self._publisher is not None
+        original = message.header.properties
+        headers: dict[str, Any] = dict(original.headers or {})
+        if name_handlers:
+            headers[HEADER_HANDLERS] = ",".join(
+                outcome.handler.handler_id for outcome in outcomes if outcome.handler is not None
+            )
+        headers.update(extra or {})
+        properties = spec.Basic.Properties(
+            content_type=original.content_type,
+            content_encoding=original.content_encoding,
+            headers=headers,
+            delivery_mode=2,
+            correlation_id=original.correlation_id,
+            message_id=original.message_id,
+            timestamp=original.timestamp,
+            message_type=original.message_type,
+            app_id=original.app_id,
+        )
+        return self._publisher.publish(
+            message.body,
+            exchange="",
+            routing_key=routing_key,
+            properties=properties,
+            mandatory=True,
+        )
+
+    async def _delay(self) -> None:
+        if self._config.requeue_delay and not self._stopping:
+            await asyncio.sleep(self._config.requeue_delay)
+
+
+class _Undecodable(Exception):
+    """Stands for a body that is not valid JSON or does not fit the event's schema."""
+
+
+def _dead_letter_queue(subscription: _Subscription) -> str:
+    return dead_letter_queue_name(subscription.queue)
+
+
+def _dead_letter_headers(subscription: _Subscription, dead: Iterable[_Outcome]) -> dict[str, str]:
+    first = next(iter(dead))
+    error = first.error
+    return {
+        HEADER_REASON: first.reason,
+        HEADER_ERROR_TYPE: type(error).__qualname__ if error is not None else "",
+        HEADER_ERROR_MESSAGE: str(error)[:_ERROR_TEXT_LIMIT] if error is not None else "",
+        HEADER_ORIGINAL_QUEUE: subscription.queue,
+        HEADER_DEAD_LETTERED_AT: datetime.now(UTC).isoformat(),
+    }
+
+
+def _attempt_of(headers: dict[str, str]) -> int:
+    try:
+        return max(1, int(headers.get(HEADER_ATTEMPT, "1")))
+    except ValueError:
+        return 1
+
+
+async def _ack(message: aiormq.abc.DeliveredMessage) -> None:
+    channel = message.channel
+    if channel.is_closed:
+        return  # the broker requeued it when the channel went; it will come again
+    await channel.basic_ack(_delivery_tag(message))
+
+
+async def _nack(message: aiormq.abc.DeliveredMessage, *, requeue: bool) -> None:
+    channel = message.channel
+    if channel.is_closed:
+        return
+    await channel.basic_nack(_delivery_tag(message), requeue=requeue)
+
+
+def _delivery_tag(message: aiormq.abc.DeliveredMessage) -> int:
+    delivery = message.delivery
+    assert isinstance(delivery, spec.Basic.Deliver)
+    assert delivery.delivery_tag is not None
+    return delivery.delivery_tag

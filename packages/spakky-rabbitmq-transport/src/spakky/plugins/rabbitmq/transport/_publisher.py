@@ -1,0 +1,171 @@
+"""Event publishing on one event loop: topology, properties, confirms."""
+
+import asyncio
+import json
+import logging
+from datetime import UTC, datetime
+
+from pamqp import commands as spec
+
+from spakky.plugins.rabbitmq.config.connection import RabbitMQConnection
+from spakky.plugins.rabbitmq.config.publisher import ConfirmPublisher
+from spakky.plugins.rabbitmq.config.settings import RabbitMQConnectionConfig
+from spakky.plugins.rabbitmq.config.topology import (
+    declaration_channel,
+    declare_event_queue,
+    declare_exchange,
+)
+from spakky.plugins.rabbitmq.transport.interceptor import IPublishInterceptor, OutboundMessage
+
+logger = logging.getLogger(__name__)
+
+_EVENT_ID_PREFIX = b'{"event_id":"'
+_UUID_LENGTH = 36
+_PERSISTENT = 2
+
+
+def message_id_of(payload: bytes) -> str:
+    """The event id of a serialized event, which becomes the AMQP ``message_id``.
+
+    Pydantic writes ``event_id`` first, so the common case is a slice; anything
+    else falls back to parsing the JSON.
+    """
+    if payload.startswith(_EVENT_ID_PREFIX):
+        end = len(_EVENT_ID_PREFIX) + _UUID_LENGTH
+        if payload[end : end + 1] == b'"':
+            return payload[len(_EVENT_ID_PREFIX) : end].decode("ascii")
+    try:
+        document = json.loads(payload)
+    except ValueError:
+        return ""
+    if isinstance(document, dict):
+        event_id = document.get("event_id")  # type: ignore[union-attr]
+        if isinstance(event_id, str):
+            return event_id
+    return ""
+
+
+class LoopPublisher:
+    """Publishes events over one connection on the loop that opened it."""
+
+    def __init__(
+        self,
+        config: RabbitMQConnectionConfig,
+        interceptors: tuple[IPublishInterceptor, ...],
+        *,
+        role: str,
+    ) -> None:
+        self._config = config
+        self._interceptors = interceptors
+        self._connection = RabbitMQConnection(config, role=role)
+        self._publisher = ConfirmPublisher(self._connection, ready_timeout=config.confirm_timeout)
+        self._declared: dict[str, asyncio.Future[None]] = {}
+        self._exchange = config.exchange_name or ""
+        self._connection.add_reconnect_listener(self._forget_topology)
+        self.loop = asyncio.get_running_loop()
+
+    async def open(self) -> None:
+        """Connect and open the confirm channel; fails fast on bad settings."""
+        await self._connection.open()
+        await self._publisher.open()
+        if self._config.exchange_name is not None:
+            async with declaration_channel(self._connection) as channel:
+                await declare_exchange(channel, self._config)
+
+    async def close(self) -> None:
+        """Close channel and connection."""
+        await self._publisher.close()
+        await self._connection.close()
+
+    def publish(
+        self, event_name: str, payload: bytes, headers: dict[str, str]
+    ) -> asyncio.Future[None]:
+        """Start publishing one event; the future resolves on the broker's confirm."""
+        declared = self._declared.get(event_name)
+        if declared is None or (declared.done() and declared.exception() is not None):
+            declared = asyncio.ensure_future(self._declare(event_name))
+            self._declared[event_name] = declared
+        message_id = message_id_of(payload)
+        if self._interceptors:
+            return asyncio.ensure_future(
+                self._intercepted(declared, event_name, message_id, payload, headers)
+            )
+        if declared.done():
+            return self._publish(event_name, message_id, payload, headers)
+        return asyncio.ensure_future(
+            self._after(declared, event_name, message_id, payload, headers)
+        )
+
+    def _publish(
+        self, event_name: str, message_id: str, payload: bytes, headers: dict[str, str]
+    ) -> asyncio.Future[None]:
+        properties = spec.Basic.Properties(
+            content_type="application/json",
+            delivery_mode=_PERSISTENT,
+            message_id=message_id or None,
+            timestamp=datetime.now(UTC),
+            message_type=event_name,
+            headers=dict(headers),
+        )
+        return self._publisher.publish(
+            payload,
+            exchange=self._exchange,
+            routing_key=event_name,
+            properties=properties,
+            mandatory=self._config.mandatory,
+        )
+
+    async def _after(
+        self,
+        declared: asyncio.Future[None],
+        event_name: str,
+        message_id: str,
+        payload: bytes,
+        headers: dict[str, str],
+    ) -> None:
+        await declared
+        await self._publish(event_name, message_id, payload, headers)
+
+    async def _intercepted(
+        self,
+        declared: asyncio.Future[None],
+        event_name: str,
+        message_id: str,
+        payload: bytes,
+        headers: dict[str, str],
+    ) -> None:
+        message = OutboundMessage(
+            event_name=event_name,
+            exchange=self._exchange,
+            routing_key=event_name,
+            message_id=message_id,
+            body=payload,
+            headers=dict(headers),
+        )
+        completions = [
+            completion
+            for interceptor in self._interceptors
+            if (completion := interceptor.before_publish(message)) is not None
+        ]
+        error: BaseException | None = None
+        try:
+            await declared
+            await self._publish(event_name, message_id, payload, message.headers)
+        except BaseException as failure:
+            error = failure
+            raise
+        finally:
+            for completion in completions:
+                completion(error)
+
+    async def _declare(self, event_name: str) -> None:
+        # The compatible topology has the publisher declare the event's queue so that
+        # events published before the first consumer starts wait in it.
+        async with declaration_channel(self._connection) as channel:
+            await declare_event_queue(channel, self._config, event_name)
+
+    async def _forget_topology(self) -> None:
+        self._declared.clear()
+        if self._config.exchange_name is not None:
+            async with declaration_channel(self._connection) as channel:
+                await declare_exchange(channel, self._config)
