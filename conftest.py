@@ -1,0 +1,211 @@
+"""Fixtures shared by every test of the workspace.
+
+Broker tests use the RabbitMQ on 127.0.0.1:5672 (guest/guest), give every
+queue and exchange a name unique to the test, and delete them afterwards, so
+they are safe under ``pytest -n auto``.
+"""
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import aiormq
+import aiormq.abc
+import aiormq.exceptions
+import pytest
+from spakky.core.common.mutability import immutable
+from spakky.domain.models.event import AbstractIntegrationEvent
+
+BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
+BROKER_ENV = {
+    "SPAKKY_RABBITMQ__HOST": "127.0.0.1",
+    "SPAKKY_RABBITMQ__PORT": "5672",
+    "SPAKKY_RABBITMQ__USER": "guest",
+    "SPAKKY_RABBITMQ__PASSWORD": "guest",
+}
+
+
+@pytest.fixture(autouse=True)
+def _scrub_rabbitmq_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees ``SPAKKY_RABBITMQ__*`` values it did not set itself."""
+    for name in list(os.environ):
+        if name.upper().startswith("SPAKKY_RABBITMQ__"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def broker_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Point the plugin at the local broker through its environment variables."""
+    for name, value in BROKER_ENV.items():
+        monkeypatch.setenv(name, value)
+    # Short delays keep failure-path tests quick; tests that measure them set their own.
+    monkeypatch.setenv("SPAKKY_RABBITMQ__REQUEUE_DELAY", "0.05")
+    monkeypatch.setenv("SPAKKY_RABBITMQ__DRAIN_TIMEOUT", "5")
+    return dict(BROKER_ENV)
+
+
+@pytest.fixture
+def unique_name(request: pytest.FixtureRequest) -> str:
+    """A name no other test (or xdist worker) uses: ``t-<test>-<random>``."""
+    test = "".join(ch if ch.isalnum() else "-" for ch in request.node.name)[:40]
+    return f"t-{test}-{uuid.uuid4().hex[:8]}"
+
+
+def make_event_type(event_name: str, **fields: type) -> type[AbstractIntegrationEvent]:
+    """An integration event class published and consumed as ``event_name``."""
+    namespace: dict[str, Any] = {"__annotations__": dict(fields) or {"user_id": int}}
+    namespace["event_name"] = property(lambda self: event_name)
+    cls = type(f"Event_{event_name.replace('-', '_')}", (AbstractIntegrationEvent,), namespace)
+    return immutable(cls)
+
+
+@pytest.fixture
+def event_type(unique_name: str) -> type[AbstractIntegrationEvent]:
+    """An event ``{user_id: int, email: str}`` with a queue name unique to this test."""
+    return make_event_type(unique_name, user_id=int, email=str)
+
+
+class BrokerAdmin:
+    """Raw aiormq access for arranging and inspecting the broker in tests."""
+
+    def __init__(self, connection: aiormq.abc.AbstractConnection) -> None:
+        self.connection = connection
+        self.created: list[tuple[str, str]] = []
+
+    async def channel(self) -> aiormq.abc.AbstractChannel:
+        return await self.connection.channel()
+
+    def track(self, kind: str, name: str) -> None:
+        """Delete this queue or exchange when the test ends."""
+        self.created.append((kind, name))
+
+    async def message_count(self, queue: str) -> int:
+        channel = await self.channel()
+        try:
+            ok = await channel.queue_declare(queue, passive=True)
+            return int(ok.message_count or 0)
+        finally:
+            await channel.close()
+
+    async def consumer_count(self, queue: str) -> int:
+        channel = await self.channel()
+        try:
+            ok = await channel.queue_declare(queue, passive=True)
+            return int(ok.consumer_count or 0)
+        finally:
+            await channel.close()
+
+    async def queue_exists(self, queue: str) -> bool:
+        channel = await self.channel()
+        try:
+            await channel.queue_declare(queue, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return False
+        await channel.close()
+        return True
+
+    async def get(self, queue: str) -> aiormq.abc.DeliveredMessage | None:
+        """Take one message off ``queue`` (acknowledged), or None when it is empty."""
+        channel = await self.channel()
+        try:
+            message = await channel.basic_get(queue, no_ack=True)
+            if message.body == b"" and message.delivery_tag is None:
+                return None
+            return message
+        finally:
+            await channel.close()
+
+    async def wait_for_count(self, queue: str, count: int, timeout: float = 10.0) -> int:
+        """Poll until ``queue`` holds ``count`` messages or ``timeout`` passes; return the last count."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        current = -1
+        while asyncio.get_running_loop().time() < deadline:
+            current = await self.message_count(queue)
+            if current == count:
+                return current
+            await asyncio.sleep(0.05)
+        return current
+
+    async def publish(
+        self,
+        queue: str,
+        body: bytes,
+        *,
+        headers: dict[str, Any] | None = None,
+        properties: dict[str, Any] | None = None,
+    ) -> None:
+        """Publish raw bytes to ``queue`` through the default exchange."""
+        channel = await self.channel()
+        try:
+            await channel.queue_declare(queue, durable=True)
+            await channel.basic_publish(
+                body,
+                routing_key=queue,
+                properties=aiormq.spec.Basic.Properties(
+                    headers=headers, delivery_mode=2, **(properties or {})
+                ),
+            )
+        finally:
+            await channel.close()
+
+    async def cleanup(self) -> None:
+        channel = await self.channel()
+        for kind, name in reversed(self.created):
+            try:
+                if kind == "queue":
+                    await channel.queue_delete(name)
+                else:
+                    await channel.exchange_delete(name)
+            except aiormq.exceptions.AMQPError:
+                channel = await self.channel()
+        await channel.close()
+
+
+@pytest.fixture
+async def broker(unique_name: str) -> AsyncIterator[BrokerAdmin]:
+    """Admin access to the local broker; deletes ``unique_name*`` queues afterwards."""
+    connection = await aiormq.connect(BROKER_URL)
+    admin = BrokerAdmin(connection)
+    for suffix in ("", ".dlq"):
+        admin.track("queue", unique_name + suffix)
+    try:
+        yield admin
+    finally:
+        await admin.cleanup()
+        await connection.close()
+
+
+@pytest.fixture
+def run_app() -> Iterator[Callable[..., Any]]:
+    """Start a Spakky application with all installed plugins; stopped after the test."""
+    from spakky.core.application.application import SpakkyApplication
+    from spakky.core.application.application_context import ApplicationContext
+
+    started: list[SpakkyApplication] = []
+
+    def start(*pods: type, plugins: set[str] | None = None) -> SpakkyApplication:
+        from spakky.core.application.plugin import Plugin
+
+        include = {Plugin(name=name) for name in plugins} if plugins is not None else None
+        app = SpakkyApplication(ApplicationContext()).load_plugins(include=include)
+        for pod in (*_NO_DATABASE, *pods):
+            app.add(pod)
+        app.start()
+        started.append(app)
+        return app
+
+    yield start
+    for app in reversed(started):
+        if app.application_context.is_started:
+            app.stop()
+
+
+def _no_database_pods() -> tuple[type, ...]:
+    from tools.demo.app import NoDatabaseAsyncTransaction, NoDatabaseTransaction
+
+    return (NoDatabaseTransaction, NoDatabaseAsyncTransaction)
+
+
+_NO_DATABASE = _no_database_pods()

@@ -1,0 +1,90 @@
+"""A Spakky application publishes integration events and its handlers receive them."""
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+from spakky.event.event_publisher import IAsyncEventPublisher, IEventPublisher
+from spakky.event.stereotype.event_handler import EventHandler, on_event
+
+from conftest import BrokerAdmin
+
+pytestmark = pytest.mark.broker
+
+
+class Received:
+    """Thread-safe record of what handlers saw."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, Any]] = []
+        self.condition = threading.Condition()
+
+    def add(self, who: str, event: Any) -> None:
+        with self.condition:
+            self.items.append((who, event))
+            self.condition.notify_all()
+
+    def wait(self, count: int, timeout: float = 10.0) -> list[tuple[str, Any]]:
+        with self.condition:
+            self.condition.wait_for(lambda: len(self.items) >= count, timeout)
+            return list(self.items)
+
+
+def handler_pods(event_type: type, received: Received) -> tuple[type, ...]:
+    @EventHandler()
+    class AsyncAndSync:
+        @on_event(event_type)
+        async def on_async(self, event: Any) -> None:
+            received.add("async", event)
+
+        @on_event(event_type)
+        def on_sync(self, event: Any) -> None:
+            received.add("sync", event)
+
+    @EventHandler()
+    class Second:
+        @on_event(event_type)
+        async def on_other(self, event: Any) -> None:
+            received.add("other", event)
+
+    return (AsyncAndSync, Second)
+
+
+async def test_every_handler_gets_every_event_once(
+    broker_env: dict[str, str], event_type: type, run_app: Any, broker: BrokerAdmin
+) -> None:
+    received = Received()
+    app = run_app(*handler_pods(event_type, received))
+    publisher = app.container.get(IAsyncEventPublisher)
+    events = [event_type(user_id=i, email=f"{i}@example.com") for i in range(20)]
+
+    for event in events:
+        await publisher.publish(event)
+    seen = await asyncio.to_thread(received.wait, 60)
+    await asyncio.sleep(0.3)  # would let duplicates arrive
+
+    assert len(received.items) == 60
+    for who in ("async", "sync", "other"):
+        assert sorted(e.user_id for w, e in seen if w == who) == list(range(20))
+
+
+def test_sync_publisher_from_threads(
+    broker_env: dict[str, str], event_type: type, run_app: Any
+) -> None:
+    received = Received()
+    app = run_app(*handler_pods(event_type, received))
+    publisher = app.container.get(IEventPublisher)
+
+    def publish(start: int) -> None:
+        for i in range(start, start + 10):
+            publisher.publish(event_type(user_id=i, email="x@example.com"))
+
+    threads = [threading.Thread(target=publish, args=(n * 10,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seen = received.wait(120)
+
+    assert sorted(e.user_id for w, e in seen if w == "sync") == list(range(40))
