@@ -118,7 +118,7 @@ class BrokerAdmin:
             await channel.close()
 
     async def wait_for_count(self, queue: str, count: int, timeout: float = 10.0) -> int:
-        """Poll until ``queue`` holds ``count`` messages or ``timeout`` passes; return the last count."""
+        """Poll until ``queue`` holds ``count`` messages or ``timeout`` passes; return it."""
         deadline = asyncio.get_running_loop().time() + timeout
         current = -1
         while asyncio.get_running_loop().time() < deadline:
@@ -178,8 +178,12 @@ async def broker(unique_name: str) -> AsyncIterator[BrokerAdmin]:
 
 
 @pytest.fixture
-def run_app() -> Iterator[Callable[..., Any]]:
-    """Start a Spakky application with all installed plugins; stopped after the test."""
+def run_app(broker: BrokerAdmin) -> Iterator[Callable[..., Any]]:
+    """Start a Spakky application with all installed plugins; stopped after the test.
+
+    Depends on ``broker`` so that applications stop before their queues are deleted.
+    """
+    del broker
     from spakky.core.application.application import SpakkyApplication
     from spakky.core.application.application_context import ApplicationContext
 

@@ -15,6 +15,7 @@ import aiormq.exceptions
 from spakky.plugins.rabbitmq.config.errors import (
     RabbitMQAuthenticationError,
     RabbitMQConnectionError,
+    describe_error,
 )
 from spakky.plugins.rabbitmq.config.settings import RabbitMQConnectionConfig
 
@@ -74,7 +75,7 @@ class RabbitMQConnection:
             self._supervise(), name=f"spakky-rabbitmq-{self._role}-supervisor"
         )
 
-    async def ready(self, timeout: float) -> aiormq.abc.AbstractConnection:  # noqa: ASYNC109
+    async def ready(self, timeout: float) -> aiormq.abc.AbstractConnection:
         """Return the open connection, waiting up to ``timeout`` seconds while it reconnects.
 
         Raises:
@@ -153,7 +154,7 @@ class RabbitMQConnection:
         except (OSError, aiormq.exceptions.AMQPError) as error:
             await _abandon(connection)
             raise RabbitMQConnectionError(
-                f"cannot connect to RabbitMQ at {config.safe_url}: {_describe(error)}"
+                f"cannot connect to RabbitMQ at {config.safe_url}: {describe_error(error)}"
             ) from None
         return connection
 
@@ -171,7 +172,7 @@ class RabbitMQConnection:
                 await _abandon(connection)
                 raise
             except Exception as error:  # the reason it closed; we only log it
-                reason = _describe(error)
+                reason = describe_error(error)
             else:
                 reason = "closed"
             if self._closed:
@@ -199,7 +200,7 @@ class RabbitMQConnection:
                 for listener in self._listeners:
                     await listener()
             except Exception as error:  # a listener failed: drop and start over
-                logger.warning("%r could not restore its channels: %s", self, _describe(error))
+                logger.warning("%r could not restore its channels: %s", self, describe_error(error))
                 await _abandon(self._connection)
                 continue
             self._open.set()
@@ -223,15 +224,3 @@ async def _abandon(connection: aiormq.abc.AbstractConnection | None) -> None:
         return
     with suppress(TimeoutError, aiormq.exceptions.AMQPError, OSError):
         await asyncio.wait_for(connection.close(), _CLOSE_TIMEOUT)
-
-
-def _describe(error: BaseException) -> str:
-    """Name an AMQP or socket error without echoing URLs or frames that hold credentials."""
-    args: list[object] = list(error.args)
-    if isinstance(error, aiormq.exceptions.AMQPError) and args:
-        frame = args[-1] if len(args) > 1 else None
-        text = getattr(frame, "reply_text", None) or args[0]
-        return f"{type(error).__name__}: {text}"
-    if isinstance(error, OSError):
-        return f"{type(error).__name__}: {error.strerror or error}"
-    return type(error).__name__

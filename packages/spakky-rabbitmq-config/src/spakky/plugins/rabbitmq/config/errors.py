@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 
+import aiormq.exceptions
 from pydantic import ValidationError
 
 
@@ -42,3 +43,15 @@ class RabbitMQAuthenticationError(RabbitMQConnectionError):
 
 class RabbitMQTopologyError(RabbitMQError):
     """A queue or exchange could not be declared as the plugin needs it."""
+
+
+def describe_error(error: BaseException) -> str:
+    """Name an AMQP or socket error by its reply text, never by URLs or frames."""
+    args: list[object] = list(error.args)
+    if isinstance(error, aiormq.exceptions.AMQPError) and args:
+        frame = args[-1] if len(args) > 1 else None
+        text = getattr(frame, "reply_text", None) or args[0]
+        return f"{type(error).__name__}: {text}"
+    if isinstance(error, OSError):
+        return f"{type(error).__name__}: {error.strerror or error}"
+    return type(error).__name__

@@ -15,7 +15,7 @@ import aiormq.exceptions
 from spakky.domain.models.event import AbstractEvent
 
 from spakky.plugins.rabbitmq.config.connection import RabbitMQConnection
-from spakky.plugins.rabbitmq.config.errors import RabbitMQTopologyError
+from spakky.plugins.rabbitmq.config.errors import RabbitMQTopologyError, describe_error
 from spakky.plugins.rabbitmq.config.settings import RabbitMQConnectionConfig
 
 DEAD_LETTER_SUFFIX = ".dlq"
@@ -119,10 +119,9 @@ async def _declare(
     try:
         await declaration
     except aiormq.exceptions.ChannelPreconditionFailed as error:
-        reply = error.args[-1].reply_text if error.args else "PRECONDITION_FAILED"
         raise RabbitMQTopologyError(
-            f"{kind} {name!r} already exists with other settings ({reply}); delete it or "
-            f"change {hint} to match"
+            f"{kind} {name!r} already exists with other settings ({describe_error(error)}); "
+            f"delete it or change {hint} to match"
         ) from None
     except aiormq.exceptions.ChannelAccessRefused:
         raise RabbitMQTopologyError(
