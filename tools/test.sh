@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: sync the workspace, lint, type-check, test.
+# Needs RabbitMQ on 127.0.0.1:5672 (guest/guest); .ci/run starts it when absent.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+uv=(bash tools/uv.sh)
+
+"${uv[@]}" sync --locked --quiet
+"${uv[@]}" run --no-sync python tools/wait_for_broker.py
+"${uv[@]}" run --no-sync ruff check .
+"${uv[@]}" run --no-sync ruff format --check .
+"${uv[@]}" run --no-sync pyright
+"${uv[@]}" run --no-sync pytest -n auto "$@"
