@@ -7,6 +7,7 @@ they are safe under ``pytest -n auto``.
 
 import asyncio
 import os
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -19,6 +20,9 @@ from spakky.core.common.mutability import immutable
 from spakky.domain.models.event import AbstractIntegrationEvent
 
 BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
+RETRY_DELAYS_IN_TESTS = ("0.2", "0.4", "1", "10", "60")
+"""Retry queues a test may create; the ``broker`` fixture deletes them."""
+
 BROKER_ENV = {
     "SPAKKY_RABBITMQ__HOST": "127.0.0.1",
     "SPAKKY_RABBITMQ__PORT": "5672",
@@ -43,6 +47,7 @@ def broker_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     # Short delays keep failure-path tests quick; tests that measure them set their own.
     monkeypatch.setenv("SPAKKY_RABBITMQ__REQUEUE_DELAY", "0.05")
     monkeypatch.setenv("SPAKKY_RABBITMQ__DRAIN_TIMEOUT", "5")
+    monkeypatch.setenv("SPAKKY_RABBITMQ__RETRY_DELAYS", "")  # retry tests set their own
     return dict(BROKER_ENV)
 
 
@@ -96,6 +101,12 @@ class BrokerAdmin:
             return int(ok.consumer_count or 0)
         finally:
             await channel.close()
+
+    async def consumer_count_or_zero(self, queue: str) -> int:
+        """Consumers of ``queue``, or 0 when it does not exist."""
+        if not await self.queue_exists(queue):
+            return 0
+        return await self.consumer_count(queue)
 
     async def queue_exists(self, queue: str) -> bool:
         channel = await self.channel()
@@ -168,7 +179,7 @@ async def broker(unique_name: str) -> AsyncIterator[BrokerAdmin]:
     """Admin access to the local broker; deletes ``unique_name*`` queues afterwards."""
     connection = await aiormq.connect(BROKER_URL)
     admin = BrokerAdmin(connection)
-    for suffix in ("", ".dlq"):
+    for suffix in ("", ".dlq", *(f".retry.{delay}s" for delay in RETRY_DELAYS_IN_TESTS)):
         admin.track("queue", unique_name + suffix)
     try:
         yield admin
@@ -213,3 +224,84 @@ def _no_database_pods() -> tuple[type, ...]:
 
 
 _NO_DATABASE = _no_database_pods()
+
+
+class CuttableProxy:
+    """A loopback TCP proxy to the broker that a test can cut, like a network fault.
+
+    Only the connections made through it are affected, so a test using it is safe
+    beside others under ``pytest -n auto``.
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._pairs: set[asyncio.StreamWriter] = set()
+        self._refusing = False
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._serve, "127.0.0.1", 0), self.loop
+        ).result(10)
+        self.port: int = self._server.sockets[0].getsockname()[1]
+        self.cuts = 0
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._refusing:
+            writer.close()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", 5672)
+        except OSError:
+            writer.close()
+            return
+        self._pairs.update((writer, up_writer))
+        await asyncio.gather(
+            self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
+        )
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            self._pairs.discard(writer)
+            writer.close()
+
+    def cut(self, *, refuse_for: float = 0.0) -> None:
+        """Drop every connection through the proxy; refuse new ones for ``refuse_for`` s."""
+
+        async def cut_all() -> None:
+            self._refusing = refuse_for > 0
+            for writer in list(self._pairs):
+                writer.transport.abort()
+            self._pairs.clear()
+            if refuse_for > 0:
+                await asyncio.sleep(refuse_for)
+                self._refusing = False
+
+        self.cuts += 1
+        asyncio.run_coroutine_threadsafe(cut_all(), self.loop).result(refuse_for + 10)
+
+    def close(self) -> None:
+        async def shutdown() -> None:
+            self._server.close()
+            for writer in list(self._pairs):
+                writer.transport.abort()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def proxy(broker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[CuttableProxy]:
+    """Route the plugin's connections through a `CuttableProxy`."""
+    del broker_env
+    cuttable = CuttableProxy()
+    monkeypatch.setenv("SPAKKY_RABBITMQ__PORT", str(cuttable.port))
+    try:
+        yield cuttable
+    finally:
+        cuttable.close()

@@ -120,6 +120,7 @@ BROKER = {
     "SPAKKY_RABBITMQ__HOST": "127.0.0.1",
     "SPAKKY_RABBITMQ__USER": "guest",
     "SPAKKY_RABBITMQ__PASSWORD": "guest",
+    "SPAKKY_RABBITMQ__RETRY_DELAYS": "",  # no retry queues to clean up
     "PATH": "/usr/bin:/bin",
 }
 

@@ -40,6 +40,7 @@ def test_public_names_are_pinned() -> None:
         "IPublishInterceptor",
         "OutboundMessage",
         "PublishCompletion",
+        "RabbitMQBrokerBlockedError",
         "RabbitMQEventTransport",
         "RabbitMQPublishTimeoutError",
     ]

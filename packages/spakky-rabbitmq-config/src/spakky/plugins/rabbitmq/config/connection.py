@@ -11,6 +11,7 @@ from contextlib import suppress
 import aiormq
 import aiormq.abc
 import aiormq.exceptions
+from pamqp import commands as spec
 
 from spakky.plugins.rabbitmq.config.errors import (
     RabbitMQAuthenticationError,
@@ -26,6 +27,23 @@ ReconnectListener = Callable[[], Awaitable[None]]
 _BACKOFF_FIRST = 0.2
 _BACKOFF_MAX = 15.0
 _CLOSE_TIMEOUT = 5.0
+
+
+class _AlarmAwareConnection(aiormq.Connection):
+    """aiormq's connection, remembering why the broker blocks publishers (AMQP extension
+    ``connection.blocked``). aiormq 7.x only logs it; checked against aiormq 7.2."""
+
+    blocked_reason: str | None = None
+
+    async def _Connection__handle_connection_blocked(self, frame: spec.Connection.Blocked) -> None:
+        self.blocked_reason = frame.reason or "resource alarm"
+        await super()._Connection__handle_connection_blocked(frame)  # pyright: ignore[reportUnknownMemberType, reportAttributeAccessIssue]
+
+    async def _Connection__handle_connection_unblocked(
+        self, frame: spec.Connection.Unblocked
+    ) -> None:
+        self.blocked_reason = None
+        await super()._Connection__handle_connection_unblocked(frame)  # pyright: ignore[reportUnknownMemberType, reportAttributeAccessIssue]
 
 
 class RabbitMQConnection:
@@ -53,10 +71,20 @@ class RabbitMQConnection:
         return f"<RabbitMQConnection {self._role} {self._config.safe_url}>"
 
     @property
-    def is_open(self) -> bool:
-        """True while the AMQP connection is up."""
+    def blocked_reason(self) -> str | None:
+        """Why the broker blocks publishers right now (memory or disk alarm), else None."""
         connection = self._connection
-        return connection is not None and not connection.is_closed and not self._closed
+        if isinstance(connection, _AlarmAwareConnection):
+            return connection.blocked_reason
+        return None
+
+    @property
+    def is_open(self) -> bool:
+        """True while the AMQP connection is up and restored (listeners have run)."""
+        connection = self._connection
+        if connection is None or connection.is_closed or self._closed:
+            return False
+        return self._open.is_set()
 
     def add_reconnect_listener(self, listener: ReconnectListener) -> None:
         """Run ``listener`` after every successful reconnect."""
@@ -98,9 +126,15 @@ class RabbitMQConnection:
     async def channel(
         self, *, confirms: bool, prefetch_count: int | None = None
     ) -> aiormq.abc.AbstractChannel:
-        """Open a channel on the current connection, bounded by ``CONNECT_TIMEOUT``."""
-        connection = await self.ready(self._config.connect_timeout)
+        """Open a channel on the current connection, bounded by ``CONNECT_TIMEOUT``.
+
+        Reconnect listeners call this while the new connection is being restored,
+        so it waits only when there is no live connection at all.
+        """
         timeout = self._config.connect_timeout
+        connection = self._connection
+        if connection is None or connection.is_closed:
+            connection = await self.ready(timeout)
         channel = await connection.channel(
             publisher_confirms=confirms, on_return_raises=True, timeout=timeout
         )
@@ -125,7 +159,7 @@ class RabbitMQConnection:
 
     async def _connect(self) -> aiormq.abc.AbstractConnection:
         config = self._config
-        connection = aiormq.Connection(
+        connection = _AlarmAwareConnection(
             config.amqp_url.update_query(heartbeat=config.heartbeat),
             client_properties={"connection_name": self._connection_name()},
         )

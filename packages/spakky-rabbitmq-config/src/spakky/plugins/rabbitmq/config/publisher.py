@@ -11,6 +11,12 @@ from spakky.plugins.rabbitmq.config.connection import RabbitMQConnection
 
 logger = logging.getLogger(__name__)
 
+_ATTEMPTS = 5
+
+
+def _nacked(exchange: str, routing_key: str) -> str:
+    return f"the broker nacked the message to {routing_key!r} on exchange {exchange!r}"
+
 
 class PublishRejectedError(Exception):
     """The broker nacked or returned one message; ``reason`` says which and why."""
@@ -30,6 +36,7 @@ class ConfirmPublisher:
     """
 
     def __init__(self, connection: RabbitMQConnection, *, ready_timeout: float) -> None:
+        """Publish on ``connection``; wait up to ``ready_timeout`` s for it after a drop."""
         self._connection = connection
         self._ready_timeout = ready_timeout
         self._channel: aiormq.abc.AbstractChannel | None = None
@@ -62,30 +69,45 @@ class ConfirmPublisher:
         properties: spec.Basic.Properties,
         mandatory: bool,
     ) -> None:
-        channel = self._channel
-        if channel is None or channel.is_closed:
-            channel = await self._ready_channel()
-        try:
-            confirmation = await channel.basic_publish(
-                body,
-                exchange=exchange,
-                routing_key=routing_key,
-                properties=properties,
-                mandatory=mandatory,
-            )
-        except aiormq.exceptions.PublishError as error:
-            reply = getattr(error.frame, "reply_text", "returned")
-            raise PublishRejectedError(
-                f"{routing_key!r} on exchange {exchange!r} is unroutable ({reply})"
-            ) from None
-        except aiormq.exceptions.DeliveryError:
-            raise PublishRejectedError(
-                f"the broker nacked the message to {routing_key!r} on exchange {exchange!r}"
-            ) from None
-        if not isinstance(confirmation, spec.Basic.Ack):
-            raise PublishRejectedError(
-                f"the broker nacked the message to {routing_key!r} on exchange {exchange!r}"
-            )
+        # A message the broker never confirmed is sent again on the next connection;
+        # the caller's flush() bounds the whole wait. Delivery is at least once.
+        for attempt in range(1, _ATTEMPTS + 1):
+            channel = self._channel
+            if channel is None or channel.is_closed:
+                channel = await self._ready_channel()
+            try:
+                confirmation = await channel.basic_publish(
+                    body,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    properties=properties,
+                    mandatory=mandatory,
+                )
+            except aiormq.exceptions.PublishError as error:
+                reply = getattr(error.frame, "reply_text", "returned")
+                raise PublishRejectedError(
+                    f"{routing_key!r} on exchange {exchange!r} is unroutable ({reply})"
+                ) from None
+            except aiormq.exceptions.DeliveryError:
+                raise PublishRejectedError(_nacked(exchange, routing_key)) from None
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                raise PublishRejectedError(
+                    f"exchange {exchange!r} does not exist (NOT_FOUND)"
+                ) from None
+            except (
+                aiormq.exceptions.AMQPConnectionError,
+                aiormq.exceptions.ChannelClosed,
+                aiormq.exceptions.ChannelInvalidStateError,
+                ConnectionError,
+            ) as error:
+                if attempt == _ATTEMPTS:
+                    raise
+                logger.debug("publish to %r interrupted (%s); sending again", routing_key, error)
+                await asyncio.sleep(0)
+                continue
+            if not isinstance(confirmation, spec.Basic.Ack):
+                raise PublishRejectedError(_nacked(exchange, routing_key))
+            return
 
     async def _ready_channel(self) -> aiormq.abc.AbstractChannel:
         channel = self._channel
@@ -96,14 +118,18 @@ class ConfirmPublisher:
         return await asyncio.shield(self._opening)
 
     async def _open_channel(self) -> aiormq.abc.AbstractChannel:
-        await self._connection.ready(self._ready_timeout)
+        if not self._connection.is_open:
+            await self._connection.ready(self._ready_timeout)
+            channel = self._channel
+            if channel is not None and not channel.is_closed:
+                return channel  # the reconnect listener opened it meanwhile
         self._channel = await self._connection.channel(confirms=True)
         return self._channel
 
     async def _reopen(self) -> None:
-        self._channel = None
+        # Runs inside the reconnect, before the connection counts as ready again.
         self._opening = None
-        await self._ready_channel()
+        self._channel = await self._connection.channel(confirms=True)
 
     async def close(self) -> None:
         """Close the channel; the connection stays with its owner."""

@@ -102,14 +102,17 @@ class RabbitMQConnectionConfig(BaseSettings):
     confirm_timeout: float = Field(default=30.0, gt=0, le=3600)
     """Seconds flush() waits for the broker's publisher confirms."""
 
+    reconnect_timeout: float = Field(default=10.0, gt=0, le=3600)
+    """Seconds a publish waits for a lost connection to come back before it fails."""
+
     drain_timeout: float = Field(default=30.0, ge=0, le=3600)
     """Seconds a stopping consumer waits for handlers that are already running."""
 
     connection_name: str | None = None
     """Shown in the broker's management UI; defaults to the process name and pid."""
 
-    retry_delays: Annotated[tuple[float, ...], NoDecode] = ()
-    """Comma-separated seconds between attempts of a failing handler (empty: no retry)."""
+    retry_delays: Annotated[tuple[float, ...], NoDecode] = (1.0, 10.0, 60.0)
+    """Comma-separated seconds before each retry of a failing handler; empty: no retry."""
 
     def __init__(self) -> None:
         self._load({})

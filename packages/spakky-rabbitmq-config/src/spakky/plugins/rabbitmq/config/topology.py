@@ -3,7 +3,8 @@
 Compatible topology: one durable queue per event, named after the event, on the
 default exchange. With ``EXCHANGE_NAME`` the exchange routes each event to that
 queue by the event name. Dead letters of queue ``Q`` go to the durable queue
-``Q.dlq``.
+``Q.dlq``; a retry after ``N`` seconds waits in ``Q.retry.Ns``, whose message TTL
+dead-letters it back to ``Q`` (plain AMQP: no plugin needed on RabbitMQ 3.x or 4.x).
 """
 
 import asyncio
@@ -51,6 +52,11 @@ def queue_name(config: RabbitMQConnectionConfig, event_name: str) -> str:
 def dead_letter_queue_name(queue: str) -> str:
     """The queue where messages of ``queue`` go when they cannot be handled."""
     return queue + DEAD_LETTER_SUFFIX
+
+
+def retry_queue_name(queue: str, delay: float) -> str:
+    """The queue where messages of ``queue`` wait ``delay`` seconds before a retry."""
+    return f"{queue}.retry.{delay:g}s"
 
 
 @asynccontextmanager
@@ -127,3 +133,30 @@ async def _declare(
         raise RabbitMQTopologyError(
             f"the RabbitMQ user may not declare {kind} {name!r} (ACCESS_REFUSED)"
         ) from None
+
+
+async def declare_retry_queue(
+    channel: aiormq.abc.AbstractChannel,
+    config: RabbitMQConnectionConfig,
+    queue: str,
+    delay: float,
+) -> str:
+    """Declare the queue that holds messages of ``queue`` for ``delay`` s, then returns them."""
+    name = retry_queue_name(queue, delay)
+    arguments: dict[str, object] = {
+        "x-message-ttl": max(1, round(delay * 1000)),
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": queue,
+    }
+    await _declare(
+        channel.queue_declare(
+            name,
+            durable=True,
+            arguments=arguments,  # type: ignore[arg-type]
+            timeout=config.connect_timeout,
+        ),
+        "queue",
+        name,
+        hint="SPAKKY_RABBITMQ__RETRY_DELAYS",
+    )
+    return name

@@ -4,9 +4,8 @@ import asyncio
 import contextvars
 import enum
 import logging
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -21,6 +20,7 @@ from spakky.domain.models.event import AbstractEvent
 from spakky.event.error import InvalidMessageError
 
 from spakky.plugins.rabbitmq.config.connection import RabbitMQConnection
+from spakky.plugins.rabbitmq.config.errors import describe_error
 from spakky.plugins.rabbitmq.config.publisher import ConfirmPublisher
 from spakky.plugins.rabbitmq.config.settings import RabbitMQConnectionConfig, RabbitMQMessageAction
 from spakky.plugins.rabbitmq.config.topology import (
@@ -28,8 +28,10 @@ from spakky.plugins.rabbitmq.config.topology import (
     declaration_channel,
     declare_dead_letter_queue,
     declare_event_queue,
+    declare_retry_queue,
     event_name_of,
     queue_name,
+    retry_queue_name,
 )
 from spakky.plugins.rabbitmq.consumer.headers import (
     HEADER_ATTEMPT,
@@ -52,10 +54,13 @@ logger = logging.getLogger(__name__)
 
 _ERROR_TEXT_LIMIT = 1000
 _AMQP_TIMEOUT = 10.0
+_RESUBSCRIBE_FIRST = 0.5
+_RESUBSCRIBE_MAX = 15.0
 
 
 class _Settle(enum.Enum):
     DONE = "done"
+    RETRY = "retry"
     REQUEUE = "requeue"
     DROP = "drop"
     DEAD = "dead"
@@ -88,6 +93,7 @@ class _Subscription:
     semaphore: asyncio.Semaphore
     channel: aiormq.abc.AbstractChannel | None = None
     consumer_tag: str | None = None
+    generation: int = 0
     by_id: dict[str, HandlerInfo] = field(default_factory=dict[str, HandlerInfo])
 
 
@@ -120,6 +126,7 @@ class ConsumerEngine:
         self._publisher: ConfirmPublisher | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()
+        self._watchers: set[asyncio.Task[Any]] = set()
         self._stopping = False
 
     @property
@@ -134,7 +141,7 @@ class ConsumerEngine:
         self._connection = RabbitMQConnection(self._config, role=self._role)
         await self._connection.open()
         self._publisher = ConfirmPublisher(
-            self._connection, ready_timeout=self._config.confirm_timeout
+            self._connection, ready_timeout=self._config.reconnect_timeout
         )
         sync_handlers = sum(
             not handler.is_async for sub in self._subscriptions for handler in sub.handlers
@@ -159,6 +166,10 @@ class ConsumerEngine:
         running then is not acknowledged, so the broker delivers it again.
         """
         self._stopping = True
+        for watcher in self._watchers:
+            watcher.cancel()
+        await asyncio.gather(*self._watchers, return_exceptions=True)
+        self._watchers.clear()
         for subscription in self._subscriptions:
             await self._cancel(subscription)
         if self._in_flight:
@@ -198,8 +209,14 @@ class ConsumerEngine:
         async with declaration_channel(connection) as channel:
             await declare_event_queue(channel, self._config, subscription.event_name)
             await declare_dead_letter_queue(channel, self._config, subscription.queue)
+            for delay in self._config.retry_delays:
+                await declare_retry_queue(channel, self._config, subscription.queue, delay)
+
         channel = await connection.channel(
             confirms=False, prefetch_count=self._config.prefetch_count
+        )
+        channel.on_consumer_cancel_callbacks.add(
+            lambda _: self._on_broker_cancel(subscription, channel)
         )
         consume_ok = await channel.basic_consume(
             subscription.queue,
@@ -208,6 +225,13 @@ class ConsumerEngine:
         )
         subscription.channel = channel
         subscription.consumer_tag = consume_ok.consumer_tag
+        subscription.generation += 1
+        self._watchers.add(
+            asyncio.create_task(
+                self._watch(subscription, channel, subscription.generation),
+                name=f"spakky-rabbitmq-watch-{subscription.queue}",
+            )
+        )
         logger.debug(
             "consuming %s with %d handler(s)", subscription.queue, len(subscription.handlers)
         )
@@ -215,6 +239,46 @@ class ConsumerEngine:
     async def _resubscribe(self) -> None:
         for subscription in self._subscriptions:
             await self._subscribe(subscription)
+
+    def _on_broker_cancel(
+        self, subscription: _Subscription, channel: aiormq.abc.AbstractChannel
+    ) -> None:
+        # The broker cancels a consumer when its queue is deleted (AMQP basic.cancel);
+        # closing the channel hands the work to _watch, which subscribes again.
+        logger.warning("the broker cancelled the consumer of %s", subscription.queue)
+        self._watchers.add(asyncio.create_task(_close_quietly(channel)))
+
+    async def _watch(
+        self, subscription: _Subscription, channel: aiormq.abc.AbstractChannel, generation: int
+    ) -> None:
+        """Subscribe again when this queue's channel alone fails; a lost connection is
+        the connection's business (it resubscribes everything after reconnecting)."""
+        try:
+            await channel.closing  # pyright: ignore[reportUnknownMemberType]
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # why the channel closed; logged below
+            reason = describe_error(error)
+        else:
+            reason = "closed"
+        delay = _RESUBSCRIBE_FIRST
+        while not self._stopping and subscription.generation == generation:
+            await asyncio.sleep(delay)
+            connection = self._connection
+            if connection is None or not connection.is_open or self._stopping:
+                return
+            if subscription.generation != generation:
+                return
+            logger.warning(
+                "channel of %s closed (%s); subscribing again", subscription.queue, reason
+            )
+            try:
+                await self._subscribe(subscription)
+            except Exception as error:  # keep trying while the connection is up
+                reason = describe_error(error)
+                delay = min(delay * 2, _RESUBSCRIBE_MAX)
+                continue
+            return
 
     async def _cancel(self, subscription: _Subscription) -> None:
         channel, tag = subscription.channel, subscription.consumer_tag
@@ -357,12 +421,26 @@ class ConsumerEngine:
             stack.enter_context(interceptor.intercept(inbound, handler, event))
 
     def _failed(self, handler: HandlerInfo, inbound: InboundMessage, error: Exception) -> _Outcome:
+        delays = self._config.retry_delays
+        if inbound.attempt <= len(delays):
+            logger.warning(
+                "handler %s failed on message %s from %s; attempt %d of %d, next in %g s: %s",
+                handler.handler_id,
+                inbound.message_id,
+                inbound.queue,
+                inbound.attempt,
+                len(delays) + 1,
+                delays[inbound.attempt - 1],
+                _error_text(error),
+            )
+            return _Outcome(handler, _Settle.RETRY, "handler_error", error)
         settle = _SETTLE_OF_ACTION[self._config.handler_error_action]
         logger.error(
-            "handler %s failed on message %s from %s (%s)",
+            "handler %s failed on message %s from %s after %d attempt(s) (%s)",
             handler.handler_id,
             inbound.message_id,
             inbound.queue,
+            inbound.attempt,
             settle.value,
             exc_info=error,
         )
@@ -441,6 +519,19 @@ class ConsumerEngine:
                     extra=_dead_letter_headers(subscription, dead),
                 )
             )
+        retry = [outcome for outcome in unfinished if outcome.settle is _Settle.RETRY]
+        if retry:
+            attempt = _attempt_of(text_headers(message.header.properties.headers))
+            delay = self._config.retry_delays[attempt - 1]
+            forwards.append(
+                self._forward(
+                    message,
+                    routing_key=retry_queue_name(subscription.queue, delay),
+                    outcomes=retry,
+                    name_handlers=True,
+                    extra={HEADER_ATTEMPT: str(attempt + 1), **_error_headers(retry)},
+                )
+            )
         again = [outcome for outcome in unfinished if outcome.settle is _Settle.REQUEUE]
         if again:
             await self._delay()
@@ -513,16 +604,29 @@ def _dead_letter_queue(subscription: _Subscription) -> str:
     return dead_letter_queue_name(subscription.queue)
 
 
-def _dead_letter_headers(subscription: _Subscription, dead: Iterable[_Outcome]) -> dict[str, str]:
-    first = next(iter(dead))
-    error = first.error
+def _dead_letter_headers(subscription: _Subscription, dead: list[_Outcome]) -> dict[str, str]:
     return {
-        HEADER_REASON: first.reason,
-        HEADER_ERROR_TYPE: type(error).__qualname__ if error is not None else "",
-        HEADER_ERROR_MESSAGE: str(error)[:_ERROR_TEXT_LIMIT] if error is not None else "",
+        HEADER_REASON: dead[0].reason,
+        **_error_headers(dead),
         HEADER_ORIGINAL_QUEUE: subscription.queue,
         HEADER_DEAD_LETTERED_AT: datetime.now(UTC).isoformat(),
     }
+
+
+def _error_headers(outcomes: list[_Outcome]) -> dict[str, str]:
+    error = outcomes[0].error
+    if error is None:
+        return {HEADER_ERROR_TYPE: "", HEADER_ERROR_MESSAGE: ""}
+    return {HEADER_ERROR_TYPE: type(error).__qualname__, HEADER_ERROR_MESSAGE: _error_text(error)}
+
+
+def _error_text(error: BaseException) -> str:
+    return str(error)[:_ERROR_TEXT_LIMIT]
+
+
+async def _close_quietly(channel: aiormq.abc.AbstractChannel) -> None:
+    with suppress(TimeoutError, aiormq.exceptions.AMQPError, OSError):
+        await asyncio.wait_for(channel.close(), _AMQP_TIMEOUT)
 
 
 def _attempt_of(headers: dict[str, str]) -> int:

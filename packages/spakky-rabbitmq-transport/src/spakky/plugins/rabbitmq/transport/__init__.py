@@ -9,7 +9,10 @@ Example:
     app.container.get(IEventPublisher).publish(UserCreatedEvent(user_id=1, email="a@b.c"))
 """
 
-from spakky.plugins.rabbitmq.transport.errors import RabbitMQPublishTimeoutError
+from spakky.plugins.rabbitmq.transport.errors import (
+    RabbitMQBrokerBlockedError,
+    RabbitMQPublishTimeoutError,
+)
 from spakky.plugins.rabbitmq.transport.interceptor import (
     IPublishInterceptor,
     OutboundMessage,
@@ -25,6 +28,7 @@ __all__ = [
     "IPublishInterceptor",
     "OutboundMessage",
     "PublishCompletion",
+    "RabbitMQBrokerBlockedError",
     "RabbitMQEventTransport",
     "RabbitMQPublishTimeoutError",
 ]

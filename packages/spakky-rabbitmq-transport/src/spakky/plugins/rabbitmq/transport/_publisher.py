@@ -58,11 +58,16 @@ class LoopPublisher:
         self._config = config
         self._interceptors = interceptors
         self._connection = RabbitMQConnection(config, role=role)
-        self._publisher = ConfirmPublisher(self._connection, ready_timeout=config.confirm_timeout)
+        self._publisher = ConfirmPublisher(self._connection, ready_timeout=config.reconnect_timeout)
         self._declared: dict[str, asyncio.Future[None]] = {}
         self._exchange = config.exchange_name or ""
         self._connection.add_reconnect_listener(self._forget_topology)
         self.loop = asyncio.get_running_loop()
+
+    @property
+    def blocked_reason(self) -> str | None:
+        """Why the broker blocks this connection's publishers, if it does."""
+        return self._connection.blocked_reason
 
     async def open(self) -> None:
         """Connect and open the confirm channel; fails fast on bad settings."""

@@ -10,11 +10,24 @@ class RabbitMQPublishTimeoutError(RabbitMQConnectionError, TimeoutError):
     them again can deliver them twice.
     """
 
-    def __init__(self, unconfirmed: int, total: int, timeout: float) -> None:
+    def __init__(self, unconfirmed: int, total: int, timeout: float, cause: str) -> None:
         self.unconfirmed = unconfirmed
         self.total = total
         super().__init__(
             f"{unconfirmed} of {total} messages were not confirmed by RabbitMQ within "
-            f"{timeout:g} s (SPAKKY_RABBITMQ__CONFIRM_TIMEOUT); the broker may be blocked "
-            "by a resource alarm or the connection may be down"
+            f"{timeout:g} s (SPAKKY_RABBITMQ__CONFIRM_TIMEOUT); {cause}"
+        )
+
+
+class RabbitMQBrokerBlockedError(RabbitMQPublishTimeoutError):
+    """The broker blocks publishers because of a resource alarm (memory or disk)."""
+
+    def __init__(self, unconfirmed: int, total: int, timeout: float, alarm: str) -> None:
+        self.alarm = alarm
+        super().__init__(
+            unconfirmed,
+            total,
+            timeout,
+            f"the broker is blocking publishers: {alarm} (a RabbitMQ memory or disk alarm; "
+            "free resources or raise the watermark)",
         )

@@ -17,7 +17,10 @@ from spakky.plugins.rabbitmq.config.iothread import IOThread
 from spakky.plugins.rabbitmq.config.publisher import PublishRejectedError
 from spakky.plugins.rabbitmq.config.settings import RabbitMQConnectionConfig
 from spakky.plugins.rabbitmq.transport._publisher import LoopPublisher
-from spakky.plugins.rabbitmq.transport.errors import RabbitMQPublishTimeoutError
+from spakky.plugins.rabbitmq.transport.errors import (
+    RabbitMQBrokerBlockedError,
+    RabbitMQPublishTimeoutError,
+)
 from spakky.plugins.rabbitmq.transport.interceptor import IPublishInterceptor
 
 logger = logging.getLogger(__name__)
@@ -99,10 +102,12 @@ class AsyncRabbitMQEventTransport(IAsyncEventTransport, IAsyncService):
         batch = pending[:]
         pending.clear()
         futures = [future for _, future in batch]
-        done, not_done = await asyncio.wait(futures, timeout=self._config.confirm_timeout)
-        for future in not_done:
+        _, late = await asyncio.wait(futures, timeout=self._config.confirm_timeout)
+        for future in late:
             future.cancel()
-        _raise_outcome(batch, done, not_done, self._config.confirm_timeout)
+        publisher = self._publishers.get(asyncio.get_running_loop())
+        alarm = publisher.blocked_reason if publisher is not None else None
+        _raise_outcome(batch, self._config.confirm_timeout, alarm)
 
     def _pending_list(self) -> list[tuple[str, asyncio.Future[None]]]:
         # A child task inherits this variable; the owner check gives it its own list.
@@ -243,10 +248,12 @@ class RabbitMQEventTransport(IEventTransport, IService):
         batch = pending[:]
         pending.clear()
         futures = [future for _, future in batch]
-        done, not_done = concurrent.futures.wait(futures, timeout=self._config.confirm_timeout)
-        for future in not_done:
+        _, late = concurrent.futures.wait(futures, timeout=self._config.confirm_timeout)
+        for future in late:
             future.cancel()
-        _raise_outcome(batch, done, not_done, self._config.confirm_timeout)
+        publisher = self._publisher
+        alarm = publisher.blocked_reason if publisher is not None else None
+        _raise_outcome(batch, self._config.confirm_timeout, alarm)
 
     def _pending_list(self) -> list[tuple[str, concurrent.futures.Future[None]]]:
         pending: list[tuple[str, concurrent.futures.Future[None]]] | None = getattr(
@@ -261,9 +268,8 @@ class RabbitMQEventTransport(IEventTransport, IService):
 def _raise_outcome(
     batch: list[tuple[str, asyncio.Future[None]]]
     | list[tuple[str, concurrent.futures.Future[None]]],
-    done: object,
-    not_done: object,
     timeout: float,
+    alarm: str | None,
 ) -> None:
     """Raise what the batch's confirms say: rejections, a timeout or a lost connection."""
     rejected: list[str] = []
@@ -280,11 +286,14 @@ def _raise_outcome(
             rejected.append(f"{event_name}: {error.reason}")
         elif failure is None:
             failure = error
-    del done, not_done
     if failure is not None:
         raise failure
+    if unconfirmed and alarm is not None:
+        raise RabbitMQBrokerBlockedError(unconfirmed, len(batch), timeout, alarm)
     if unconfirmed:
-        raise RabbitMQPublishTimeoutError(unconfirmed, len(batch), timeout)
+        raise RabbitMQPublishTimeoutError(
+            unconfirmed, len(batch), timeout, "the connection may be down or the broker slow"
+        )
     if rejected:
         raise EventDeliveryRejectedError(rejected)
 
