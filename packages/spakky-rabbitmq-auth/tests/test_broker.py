@@ -326,6 +326,7 @@ async def test_concurrent_messages_each_see_their_own_subject(
     auth_env: dict[str, str],
     event_type: type,
     run_app: Callable[..., SpakkyApplication],
+    broker: BrokerAdmin,  # deletes the queue and its dead-letter queue afterwards
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("SPAKKY_AUTH_SNAPSHOT_PROPAGATION_ENABLED", "true")
