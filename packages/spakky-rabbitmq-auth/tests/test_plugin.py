@@ -2,14 +2,21 @@
 
 from importlib.metadata import distribution, entry_points
 from pathlib import Path
+from typing import Any
 
 import pytest
-from spakky.auth import AuthCapability, AuthProviderContribution
+from spakky.auth import AuthCapability, AuthProviderContribution, protected
+from spakky.auth.startup import (
+    AuthCapabilityStartupValidator,
+    AuthStartupCapabilityValidationError,
+)
 from spakky.core.application.application import SpakkyApplication
 from spakky.core.application.application_context import ApplicationContext
 from spakky.core.application.plugin import Plugin
+from spakky.event.stereotype.event_handler import EventHandler, on_event
 
 import spakky.plugins.rabbitmq.auth as package
+from conftest import make_event_type
 from spakky.plugins.rabbitmq.auth import RabbitMQAuthBoundary
 from spakky.plugins.rabbitmq.auth.main import contribute, initialize
 
@@ -88,3 +95,27 @@ def test_declares_only_authentication() -> None:
 
     assert contribution.capabilities == frozenset({AuthCapability.AUTHENTICATION})
     assert not contribution.supports(AuthCapability.SNAPSHOT_VERIFY)
+
+
+@EventHandler()
+class ProtectedWorker:
+    @on_event(make_event_type("plugin-startup-event"))
+    @protected
+    async def handle(self, event: Any) -> None: ...
+
+
+def test_worker_with_only_snapshot_auth_passes_startup_validation() -> None:
+    app = load(EVERYTHING)
+    app.add(ProtectedWorker)
+
+    AuthCapabilityStartupValidator(container=app.container).validate()
+
+
+def test_without_this_package_a_protected_worker_lacks_authentication() -> None:
+    app = load(EVERYTHING - {"spakky-rabbitmq-auth"})
+    app.add(ProtectedWorker)
+
+    with pytest.raises(AuthStartupCapabilityValidationError) as caught:
+        AuthCapabilityStartupValidator(container=app.container).validate()
+
+    assert [d.capability for d in caught.value.diagnostics] == [AuthCapability.AUTHENTICATION]
