@@ -236,6 +236,11 @@ async def test_outcome_settles_with_configured_action(
         "dead_letter": {"queue": 0, "dropped": 0, "dlq": 1},
     }[action]
     assert counts == expected
+    if action == "nack_drop":
+        dropped = await broker.get(dropped_queue)
+        assert dropped is not None
+        deaths: Any = (dropped.header.properties.headers or {})["x-death"]
+        assert str(deaths[0]["reason"]).strip("b'") == "rejected"
     if action == "dead_letter":
         dead = await broker.get(f"{unique_name}.dlq")
         assert dead is not None
