@@ -327,24 +327,8 @@ async def test_publisher_auth_context_reaches_protected_handlers(
     assert await broker.consumer_count(unique_name) == 1
 
 
-async def test_concurrent_messages_each_see_their_own_subject(
-    auth_env: dict[str, str],
-    event_type: type,
-    run_app: Callable[..., SpakkyApplication],
-    broker: BrokerAdmin,  # deletes the queue and its dead-letter queue afterwards
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("SPAKKY_AUTH_SNAPSHOT_PROPAGATION_ENABLED", "true")
-    seen = Seen()
-
-    @EventHandler()
+def concurrent_handlers(event_type: type, seen: Seen, *, with_async: bool) -> type:
     class Handlers:
-        @on_event(event_type)
-        @protected
-        async def guarded_async(self, event: Any) -> None:
-            await asyncio.sleep(random.uniform(0, 0.05))
-            seen.add("guarded_async", event)
-
         @on_event(event_type)
         @protected
         def guarded_sync(self, event: Any) -> None:
@@ -352,14 +336,40 @@ async def test_concurrent_messages_each_see_their_own_subject(
             seen.add("guarded_sync", event)
 
         @on_event(event_type)
+        def open_sync(self, event: Any) -> None:
+            time.sleep(random.uniform(0, 0.05))
+            seen.add("open_sync", event)
+
+    class WithAsync(Handlers):
+        @on_event(event_type)
+        @protected
+        async def guarded_async(self, event: Any) -> None:
+            await asyncio.sleep(random.uniform(0, 0.05))
+            seen.add("guarded_async", event)
+
+        @on_event(event_type)
         async def open_async(self, event: Any) -> None:
             await asyncio.sleep(random.uniform(0, 0.05))
             seen.add("open_async", event)
 
-        @on_event(event_type)
-        def open_sync(self, event: Any) -> None:
-            time.sleep(random.uniform(0, 0.05))
-            seen.add("open_sync", event)
+    return EventHandler()(WithAsync if with_async else Handlers)
+
+
+@pytest.mark.parametrize("consumer", ["async", "sync"])
+async def test_concurrent_messages_each_see_their_own_subject(
+    auth_env: dict[str, str],
+    event_type: type,
+    run_app: Callable[..., SpakkyApplication],
+    broker: BrokerAdmin,  # deletes the queue and its dead-letter queue afterwards
+    monkeypatch: pytest.MonkeyPatch,
+    consumer: str,
+) -> None:
+    """Even messages carry subject-<id>, odd ones none; the sync consumer is used
+    when the event has only sync handlers, the async one (with worker threads) otherwise."""
+    monkeypatch.setenv("SPAKKY_AUTH_SNAPSHOT_PROPAGATION_ENABLED", "true")
+    seen = Seen()
+    Handlers = concurrent_handlers(event_type, seen, with_async=consumer == "async")
+    kinds = ("async", "sync") if consumer == "async" else ("sync",)
 
     worker = run_app(Handlers)
     seen.contexts.append(worker.application_context)
@@ -375,12 +385,12 @@ async def test_concurrent_messages_each_see_their_own_subject(
         await publisher.publish(event_type(user_id=user_id, email="x@example.com"))
 
     await asyncio.gather(*(asyncio.create_task(publish(i)) for i in range(40)))
-    items = await asyncio.to_thread(seen.wait, 120, 30.0)
+    items = await asyncio.to_thread(seen.wait, 60 * len(kinds), 30.0)
+    await asyncio.sleep(0.2)  # would let duplicates arrive
 
-    assert len(items) == 120
-    for who in ("guarded_async", "guarded_sync"):
-        got = sorted((user_id, subject) for name, user_id, subject in items if name == who)
-        assert got == [(i, f"subject-{i}") for i in range(0, 40, 2)]
-    for who in ("open_async", "open_sync"):
-        got = sorted((user_id, subject) for name, user_id, subject in items if name == who)
-        assert got == [(i, f"subject-{i}" if i % 2 == 0 else None) for i in range(40)]
+    assert len(seen.items) == 60 * len(kinds)
+    for kind in kinds:
+        guarded = sorted((i, subject) for who, i, subject in items if who == f"guarded_{kind}")
+        assert guarded == [(i, f"subject-{i}") for i in range(0, 40, 2)]
+        opened = sorted((i, subject) for who, i, subject in items if who == f"open_{kind}")
+        assert opened == [(i, f"subject-{i}" if i % 2 == 0 else None) for i in range(40)]
