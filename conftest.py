@@ -82,6 +82,12 @@ class BrokerAdmin:
     async def channel(self) -> aiormq.abc.AbstractChannel:
         return await self.connection.channel()
 
+    async def reconnect(self) -> None:
+        """Open a new admin connection after a fault closed the old one."""
+        if not self.connection.is_closed:
+            await self.connection.close()
+        self.connection = await aiormq.connect(BROKER_URL)
+
     def track(self, kind: str, name: str) -> None:
         """Delete this queue or exchange when the test ends."""
         self.created.append((kind, name))
@@ -162,6 +168,8 @@ class BrokerAdmin:
             await channel.close()
 
     async def cleanup(self) -> None:
+        if self.connection.is_closed:
+            self.connection = await aiormq.connect(BROKER_URL)
         channel = await self.channel()
         for kind, name in reversed(self.created):
             try:
@@ -185,7 +193,7 @@ async def broker(unique_name: str) -> AsyncIterator[BrokerAdmin]:
         yield admin
     finally:
         await admin.cleanup()
-        await connection.close()
+        await admin.connection.close()
 
 
 @pytest.fixture

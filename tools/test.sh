@@ -10,4 +10,7 @@ uv=(bash tools/uv.sh)
 "${uv[@]}" run --no-sync ruff check .
 "${uv[@]}" run --no-sync ruff format --check .
 "${uv[@]}" run --no-sync pyright
-"${uv[@]}" run --no-sync pytest -n auto "$@"
+# Stage 1: everything that shares the broker politely, in parallel.
+"${uv[@]}" run --no-sync pytest -n auto -m "not serial" "$@"
+# Stage 2: faults that hit the whole broker (restart, alarms), one at a time.
+"${uv[@]}" run --no-sync pytest -p no:xdist -m serial "$@"
