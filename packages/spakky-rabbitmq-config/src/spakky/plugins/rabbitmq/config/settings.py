@@ -41,6 +41,25 @@ class RabbitMQExchangeType(StrEnum):
     FANOUT = "fanout"
 
 
+class RabbitMQQueueType(StrEnum):
+    """Queue types for the plugin's event queues."""
+
+    CLASSIC = "classic"
+    QUORUM = "quorum"
+
+
+class RabbitMQTopologyMode(StrEnum):
+    """Whether the plugin creates its queues and exchanges or only checks them."""
+
+    DECLARE = "declare"
+    PASSIVE = "passive"
+    """Only check that everything exists, for brokers where the application may not
+    create topology; missing objects fail startup."""
+
+
+DEFAULT_PUBSUB_EXCHANGE = "spakky.events"
+
+
 def env_var(field_name: str) -> str:
     """Return the environment variable that sets a settings field."""
     return f"{ENV_PREFIX}{field_name.upper()}"
@@ -73,11 +92,22 @@ class RabbitMQConnectionConfig(BaseSettings):
     password: SecretStr | None = None
     vhost: str = "/"
 
-    exchange_name: str | None = None
-    """When set, events are published to this exchange with the event name as routing key."""
+    service_name: str | None = None
+    """Pub/sub mode: every service gets its own queue ``<service>.<event>`` per event."""
 
-    exchange_type: RabbitMQExchangeType = RabbitMQExchangeType.DIRECT
+    exchange_name: str | None = None
+    """When set, events are published to this exchange with the event name as routing key.
+    In pub/sub mode it defaults to ``spakky.events``."""
+
+    exchange_type: RabbitMQExchangeType | None = None
+    """Defaults to ``direct`` (compatible mode) or ``topic`` (pub/sub mode)."""
+
     exchange_durable: bool = True
+    queue_type: RabbitMQQueueType = RabbitMQQueueType.CLASSIC
+    delivery_limit: int = Field(default=20, ge=1, le=100_000)
+    """Quorum queues: deliveries before the broker dead-letters a message to ``<queue>.dlq``."""
+
+    topology_mode: RabbitMQTopologyMode = RabbitMQTopologyMode.DECLARE
 
     auth_challenge_action: RabbitMQMessageAction = RabbitMQMessageAction.ACK
     auth_deny_action: RabbitMQMessageAction = RabbitMQMessageAction.ACK
@@ -94,8 +124,9 @@ class RabbitMQConnectionConfig(BaseSettings):
     requeue_delay: float = Field(default=1.0, ge=0, le=3600)
     """Seconds to wait before a ``nack_requeue`` so a failing message cannot spin."""
 
-    mandatory: bool = True
-    """Publish with the mandatory flag: an unroutable event fails its flush()."""
+    mandatory: bool | None = None
+    """Publish with the mandatory flag, so an unroutable event fails its flush().
+    Defaults to on in compatible mode and off in pub/sub mode (no subscriber is normal)."""
 
     heartbeat: int = Field(default=30, ge=0, le=3600)
     connect_timeout: float = Field(default=10.0, gt=0, le=600)
@@ -162,6 +193,30 @@ class RabbitMQConnectionConfig(BaseSettings):
                 "RabbitMQ is"
             )
         return self
+
+    @property
+    def pubsub(self) -> bool:
+        """True when ``SERVICE_NAME`` is set: each service has its own queues."""
+        return self.service_name is not None
+
+    @property
+    def effective_exchange(self) -> str | None:
+        """The exchange events are published to; None means the default exchange."""
+        if self.exchange_name is None and self.pubsub:
+            return DEFAULT_PUBSUB_EXCHANGE
+        return self.exchange_name
+
+    @property
+    def effective_exchange_type(self) -> RabbitMQExchangeType:
+        """``EXCHANGE_TYPE``, or the mode's default."""
+        if self.exchange_type is not None:
+            return self.exchange_type
+        return RabbitMQExchangeType.TOPIC if self.pubsub else RabbitMQExchangeType.DIRECT
+
+    @property
+    def effective_mandatory(self) -> bool:
+        """``MANDATORY``, or the mode's default."""
+        return self.mandatory if self.mandatory is not None else not self.pubsub
 
     @property
     def amqp_url(self) -> URL:

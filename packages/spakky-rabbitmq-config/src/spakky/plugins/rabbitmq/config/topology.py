@@ -1,15 +1,26 @@
-"""Names and declarations of the queues and exchanges the plugin uses.
+"""The queues, exchanges and bindings the plugin uses, planned first and then declared.
 
-Compatible topology: one durable queue per event, named after the event, on the
-default exchange. With ``EXCHANGE_NAME`` the exchange routes each event to that
-queue by the event name. Dead letters of queue ``Q`` go to the durable queue
-``Q.dlq``; a retry after ``N`` seconds waits in ``Q.retry.Ns``, whose message TTL
-dead-letters it back to ``Q`` (plain AMQP: no plugin needed on RabbitMQ 3.x or 4.x).
+Compatible mode (no ``SERVICE_NAME``): one durable queue per event, named after the
+event, on the default exchange; with ``EXCHANGE_NAME`` that exchange routes the event
+name to it, and the publisher declares the queue too.
+
+Pub/sub mode (``SERVICE_NAME`` set): each service consumes its own queue
+``<service>.<event>``, bound to the exchange (``EXCHANGE_NAME``, default
+``spakky.events``, type ``topic``) by the event name; publishers declare only the
+exchange. Replicas of one service share their queue; different services each get
+every event.
+
+Either way, dead letters of queue ``Q`` go to ``Q.dlq``; a retry after ``N`` seconds
+waits in ``Q.retry.Ns``, whose message TTL dead-letters it back to ``Q`` (plain AMQP,
+no plugin, RabbitMQ 3.x and 4.x). Quorum queues always carry an explicit delivery
+limit and dead-letter target, so the broker never drops a message by itself.
 """
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any
 
 import aiormq.abc
 import aiormq.exceptions
@@ -17,9 +28,89 @@ from spakky.domain.models.event import AbstractEvent
 
 from spakky.plugins.rabbitmq.config.connection import RabbitMQConnection
 from spakky.plugins.rabbitmq.config.errors import RabbitMQTopologyError, describe_error
-from spakky.plugins.rabbitmq.config.settings import RabbitMQConnectionConfig
+from spakky.plugins.rabbitmq.config.settings import (
+    RabbitMQConnectionConfig,
+    RabbitMQQueueType,
+    RabbitMQTopologyMode,
+)
 
 DEAD_LETTER_SUFFIX = ".dlq"
+
+_QUEUE_SETTINGS = "SPAKKY_RABBITMQ__QUEUE_TYPE and SPAKKY_RABBITMQ__DELIVERY_LIMIT"
+_EXCHANGE_SETTINGS = "SPAKKY_RABBITMQ__EXCHANGE_TYPE and SPAKKY_RABBITMQ__EXCHANGE_DURABLE"
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeSpec:
+    """An exchange to declare."""
+
+    name: str
+    type: str
+    durable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    """A queue to declare, with the setting that controls its arguments."""
+
+    name: str
+    role: str
+    """``events``, ``dead-letter`` or ``retry``."""
+
+    arguments: dict[str, Any] = field(default_factory=dict[str, Any], hash=False)
+    settings: str = _QUEUE_SETTINGS
+
+
+@dataclass(frozen=True, slots=True)
+class BindingSpec:
+    """A binding of a queue to an exchange by routing key."""
+
+    queue: str
+    exchange: str
+    routing_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """Everything to declare, in order: exchanges, then queues, then bindings."""
+
+    exchanges: tuple[ExchangeSpec, ...] = ()
+    queues: tuple[QueueSpec, ...] = ()
+    bindings: tuple[BindingSpec, ...] = ()
+
+    def __add__(self, other: "Topology") -> "Topology":
+        return Topology(
+            exchanges=_unique(self.exchanges + other.exchanges),
+            queues=_unique(self.queues + other.queues, key=_queue_key),
+            bindings=_unique(self.bindings + other.bindings),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready description."""
+        return {
+            "exchanges": [
+                {"name": e.name, "type": e.type, "durable": e.durable} for e in self.exchanges
+            ],
+            "queues": [
+                {"name": q.name, "role": q.role, "durable": True, "arguments": q.arguments}
+                for q in self.queues
+            ],
+            "bindings": [
+                {"queue": b.queue, "exchange": b.exchange, "routing_key": b.routing_key}
+                for b in self.bindings
+            ],
+        }
+
+    def as_text(self) -> str:
+        """A description for people, one object per line."""
+        lines = [f"exchange {e.name} type={e.type} durable={e.durable}" for e in self.exchanges]
+        for queue in self.queues:
+            arguments = " ".join(f"{key}={value}" for key, value in queue.arguments.items())
+            lines.append(f"queue {queue.name} ({queue.role}) durable=True {arguments}".rstrip())
+        lines.extend(
+            f"binding {b.exchange} --[{b.routing_key}]--> {b.queue}" for b in self.bindings
+        )
+        return "\n".join(lines)
 
 
 def event_name_of(event_type: type[AbstractEvent]) -> str:
@@ -44,8 +135,9 @@ def event_name_of(event_type: type[AbstractEvent]) -> str:
 
 
 def queue_name(config: RabbitMQConnectionConfig, event_name: str) -> str:
-    """The queue that receives ``event_name``."""
-    del config  # the compatible topology names the queue after the event alone
+    """The queue that receives ``event_name``: ``<service>.<event>`` in pub/sub mode."""
+    if config.service_name is not None:
+        return f"{config.service_name}.{event_name}"
     return event_name
 
 
@@ -59,11 +151,118 @@ def retry_queue_name(queue: str, delay: float) -> str:
     return f"{queue}.retry.{delay:g}s"
 
 
+def exchange_topology(config: RabbitMQConnectionConfig) -> Topology:
+    """The exchange events are published to, if any."""
+    exchange = config.effective_exchange
+    if exchange is None:
+        return Topology()
+    spec = ExchangeSpec(exchange, config.effective_exchange_type.value, config.exchange_durable)
+    return Topology(exchanges=(spec,))
+
+
+def publisher_topology(config: RabbitMQConnectionConfig, event_name: str) -> Topology:
+    """What a publisher declares for ``event_name``: in compatible mode the event's queue
+    too, so that events published before the first consumer starts wait for it."""
+    if config.pubsub:
+        return exchange_topology(config)
+    return _event_queue_topology(config, event_name)
+
+
+def consumer_topology(config: RabbitMQConnectionConfig, event_name: str) -> Topology:
+    """What a consumer of ``event_name`` declares: its queue, dead-letter and retry queues."""
+    queue = queue_name(config, event_name)
+    dead_letters = QueueSpec(dead_letter_queue_name(queue), "dead-letter", _type_arguments(config))
+    retries = tuple(
+        QueueSpec(
+            retry_queue_name(queue, delay),
+            "retry",
+            {
+                "x-message-ttl": max(1, round(delay * 1000)),
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": queue,
+            },
+            settings="SPAKKY_RABBITMQ__RETRY_DELAYS",
+        )
+        for delay in config.retry_delays
+    )
+    extra = Topology(queues=(dead_letters, *retries))
+    return _event_queue_topology(config, event_name) + extra
+
+
+def _event_queue_topology(config: RabbitMQConnectionConfig, event_name: str) -> Topology:
+    queue = queue_name(config, event_name)
+    arguments = _type_arguments(config)
+    if config.queue_type is RabbitMQQueueType.QUORUM:
+        arguments |= {
+            "x-delivery-limit": config.delivery_limit,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": dead_letter_queue_name(queue),
+        }
+    topology = Topology(queues=(QueueSpec(queue, "events", arguments),))
+    exchange = config.effective_exchange
+    if exchange is None:
+        return topology
+    binding = BindingSpec(queue, exchange, event_name)
+    return exchange_topology(config) + topology + Topology(bindings=(binding,))
+
+
+def _type_arguments(config: RabbitMQConnectionConfig) -> dict[str, Any]:
+    if config.queue_type is RabbitMQQueueType.QUORUM:
+        return {"x-queue-type": "quorum"}
+    return {}
+
+
+async def declare(
+    connection: RabbitMQConnection, config: RabbitMQConnectionConfig, topology: Topology
+) -> None:
+    """Declare ``topology`` (or, in passive mode, check that it exists).
+
+    Runs on a throwaway channel: a mismatch closes that channel, not a working
+    one, and becomes `RabbitMQTopologyError` naming the object and the setting.
+    """
+    passive = config.topology_mode is RabbitMQTopologyMode.PASSIVE
+    timeout = config.connect_timeout
+    async with _throwaway_channel(connection) as channel:
+        for exchange in topology.exchanges:
+            await _checked(
+                channel.exchange_declare(
+                    exchange.name,
+                    exchange_type=exchange.type,
+                    durable=exchange.durable,
+                    passive=passive,
+                    timeout=timeout,
+                ),
+                "exchange",
+                exchange.name,
+                _EXCHANGE_SETTINGS,
+                passive,
+            )
+        for queue in topology.queues:
+            await _checked(
+                channel.queue_declare(
+                    queue.name,
+                    durable=True,
+                    arguments=None if passive else queue.arguments,  # pyright: ignore[reportArgumentType]
+                    passive=passive,
+                    timeout=timeout,
+                ),
+                "queue",
+                queue.name,
+                queue.settings,
+                passive,
+            )
+        if passive:
+            return  # AMQP cannot check a binding without creating it
+        for binding in topology.bindings:
+            await channel.queue_bind(
+                binding.queue, binding.exchange, routing_key=binding.routing_key, timeout=timeout
+            )
+
+
 @asynccontextmanager
-async def declaration_channel(
+async def _throwaway_channel(
     connection: RabbitMQConnection,
 ) -> AsyncGenerator[aiormq.abc.AbstractChannel]:
-    """A throwaway channel: a failed declaration closes it, not a working channel."""
     channel = await connection.channel(confirms=False)
     try:
         yield channel
@@ -73,90 +272,41 @@ async def declaration_channel(
                 await asyncio.wait_for(channel.close(), 5)
 
 
-async def declare_event_queue(
-    channel: aiormq.abc.AbstractChannel, config: RabbitMQConnectionConfig, event_name: str
-) -> str:
-    """Declare the queue of ``event_name`` (and its exchange binding); return its name."""
-    queue = queue_name(config, event_name)
-    timeout = config.connect_timeout
-    await _declare(channel.queue_declare(queue, durable=True, timeout=timeout), "queue", queue)
-    if config.exchange_name is not None:
-        await declare_exchange(channel, config)
-        await channel.queue_bind(
-            queue, config.exchange_name, routing_key=event_name, timeout=timeout
-        )
-    return queue
-
-
-async def declare_exchange(
-    channel: aiormq.abc.AbstractChannel, config: RabbitMQConnectionConfig
-) -> None:
-    """Declare ``EXCHANGE_NAME`` with the configured type and durability."""
-    assert config.exchange_name is not None
-    await _declare(
-        channel.exchange_declare(
-            config.exchange_name,
-            exchange_type=config.exchange_type.value,
-            durable=config.exchange_durable,
-            timeout=config.connect_timeout,
-        ),
-        "exchange",
-        config.exchange_name,
-        hint="SPAKKY_RABBITMQ__EXCHANGE_TYPE and SPAKKY_RABBITMQ__EXCHANGE_DURABLE",
-    )
-
-
-async def declare_dead_letter_queue(
-    channel: aiormq.abc.AbstractChannel, config: RabbitMQConnectionConfig, queue: str
-) -> str:
-    """Declare the dead-letter queue of ``queue``; return its name."""
-    name = dead_letter_queue_name(queue)
-    await _declare(
-        channel.queue_declare(name, durable=True, timeout=config.connect_timeout),
-        "queue",
-        name,
-    )
-    return name
-
-
-async def _declare(
-    declaration: Awaitable[object], kind: str, name: str, hint: str = "the queue's arguments"
+async def _checked(
+    declaration: Awaitable[object], kind: str, name: str, settings: str, passive: bool
 ) -> None:
     try:
         await declaration
     except aiormq.exceptions.ChannelPreconditionFailed as error:
         raise RabbitMQTopologyError(
             f"{kind} {name!r} already exists with other settings ({describe_error(error)}); "
-            f"delete it or change {hint} to match"
+            f"the plugin wants what {settings} say: change them to match, or delete the {kind}"
+        ) from None
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        if not passive:
+            raise
+        raise RabbitMQTopologyError(
+            f"{kind} {name!r} does not exist and SPAKKY_RABBITMQ__TOPOLOGY_MODE=passive only "
+            "checks; create it (python -m spakky.plugins.rabbitmq.consumer topology declare) "
+            "or let the application declare it"
         ) from None
     except aiormq.exceptions.ChannelAccessRefused:
         raise RabbitMQTopologyError(
-            f"the RabbitMQ user may not declare {kind} {name!r} (ACCESS_REFUSED)"
+            f"the RabbitMQ user may not declare {kind} {name!r} (ACCESS_REFUSED); grant "
+            "configure permission or use SPAKKY_RABBITMQ__TOPOLOGY_MODE=passive"
         ) from None
 
 
-async def declare_retry_queue(
-    channel: aiormq.abc.AbstractChannel,
-    config: RabbitMQConnectionConfig,
-    queue: str,
-    delay: float,
-) -> str:
-    """Declare the queue that holds messages of ``queue`` for ``delay`` s, then returns them."""
-    name = retry_queue_name(queue, delay)
-    arguments: dict[str, object] = {
-        "x-message-ttl": max(1, round(delay * 1000)),
-        "x-dead-letter-exchange": "",
-        "x-dead-letter-routing-key": queue,
-    }
-    await _declare(
-        channel.queue_declare(
-            name,
-            durable=True,
-            arguments=arguments,  # type: ignore[arg-type]
-            timeout=config.connect_timeout,
-        ),
-        "queue",
-        name,
-        hint="SPAKKY_RABBITMQ__RETRY_DELAYS",
-    )
-    return name
+def _queue_key(queue: QueueSpec) -> object:
+    return queue.name
+
+
+def _unique[T](items: Iterable[T], key: Callable[[T], object] | None = None) -> tuple[T, ...]:
+    seen: set[object] = set()
+    kept: list[T] = []
+    for item in items:
+        marker = key(item) if key is not None else item
+        if marker not in seen:
+            seen.add(marker)
+            kept.append(item)
+    return tuple(kept)

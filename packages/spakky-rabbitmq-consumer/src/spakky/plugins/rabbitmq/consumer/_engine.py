@@ -24,11 +24,9 @@ from spakky.plugins.rabbitmq.config.errors import describe_error
 from spakky.plugins.rabbitmq.config.publisher import ConfirmPublisher
 from spakky.plugins.rabbitmq.config.settings import RabbitMQConnectionConfig, RabbitMQMessageAction
 from spakky.plugins.rabbitmq.config.topology import (
+    consumer_topology,
     dead_letter_queue_name,
-    declaration_channel,
-    declare_dead_letter_queue,
-    declare_event_queue,
-    declare_retry_queue,
+    declare,
     event_name_of,
     queue_name,
     retry_queue_name,
@@ -206,11 +204,9 @@ class ConsumerEngine:
     async def _subscribe(self, subscription: _Subscription) -> None:
         connection = self._connection
         assert connection is not None
-        async with declaration_channel(connection) as channel:
-            await declare_event_queue(channel, self._config, subscription.event_name)
-            await declare_dead_letter_queue(channel, self._config, subscription.queue)
-            for delay in self._config.retry_delays:
-                await declare_retry_queue(channel, self._config, subscription.queue, delay)
+        await declare(
+            connection, self._config, consumer_topology(self._config, subscription.event_name)
+        )
 
         channel = await connection.channel(
             confirms=False, prefetch_count=self._config.prefetch_count

@@ -11,9 +11,9 @@ from spakky.plugins.rabbitmq.config.connection import RabbitMQConnection
 from spakky.plugins.rabbitmq.config.publisher import ConfirmPublisher
 from spakky.plugins.rabbitmq.config.settings import RabbitMQConnectionConfig
 from spakky.plugins.rabbitmq.config.topology import (
-    declaration_channel,
-    declare_event_queue,
-    declare_exchange,
+    declare,
+    exchange_topology,
+    publisher_topology,
 )
 from spakky.plugins.rabbitmq.transport.interceptor import IPublishInterceptor, OutboundMessage
 
@@ -60,7 +60,8 @@ class LoopPublisher:
         self._connection = RabbitMQConnection(config, role=role)
         self._publisher = ConfirmPublisher(self._connection, ready_timeout=config.reconnect_timeout)
         self._declared: dict[str, asyncio.Future[None]] = {}
-        self._exchange = config.exchange_name or ""
+        self._exchange = config.effective_exchange or ""
+        self._mandatory = config.effective_mandatory
         self._connection.add_reconnect_listener(self._forget_topology)
         self.loop = asyncio.get_running_loop()
 
@@ -73,9 +74,7 @@ class LoopPublisher:
         """Connect and open the confirm channel; fails fast on bad settings."""
         await self._connection.open()
         await self._publisher.open()
-        if self._config.exchange_name is not None:
-            async with declaration_channel(self._connection) as channel:
-                await declare_exchange(channel, self._config)
+        await declare(self._connection, self._config, exchange_topology(self._config))
 
     async def close(self) -> None:
         """Close channel and connection."""
@@ -117,7 +116,7 @@ class LoopPublisher:
             exchange=self._exchange,
             routing_key=event_name,
             properties=properties,
-            mandatory=self._config.mandatory,
+            mandatory=self._mandatory,
         )
 
     async def _after(
@@ -164,13 +163,8 @@ class LoopPublisher:
                 completion(error)
 
     async def _declare(self, event_name: str) -> None:
-        # The compatible topology has the publisher declare the event's queue so that
-        # events published before the first consumer starts wait in it.
-        async with declaration_channel(self._connection) as channel:
-            await declare_event_queue(channel, self._config, event_name)
+        await declare(self._connection, self._config, publisher_topology(self._config, event_name))
 
     async def _forget_topology(self) -> None:
         self._declared.clear()
-        if self._config.exchange_name is not None:
-            async with declaration_channel(self._connection) as channel:
-                await declare_exchange(channel, self._config)
+        await declare(self._connection, self._config, exchange_topology(self._config))
