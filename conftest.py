@@ -167,6 +167,14 @@ class BrokerAdmin:
         finally:
             await channel.close()
 
+    async def publish_to_exchange(self, exchange: str, routing_key: str, body: bytes) -> None:
+        """Publish raw bytes to ``exchange`` with ``routing_key``."""
+        channel = await self.channel()
+        try:
+            await channel.basic_publish(body, exchange=exchange, routing_key=routing_key)
+        finally:
+            await channel.close()
+
     async def cleanup(self) -> None:
         if self.connection.is_closed:
             self.connection = await aiormq.connect(BROKER_URL)

@@ -105,7 +105,7 @@ class Topology:
         """A description for people, one object per line."""
         lines = [f"exchange {e.name} type={e.type} durable={e.durable}" for e in self.exchanges]
         for queue in self.queues:
-            arguments = " ".join(f"{key}={value}" for key, value in queue.arguments.items())
+            arguments = " ".join(f"{key}={value!r}" for key, value in queue.arguments.items())
             lines.append(f"queue {queue.name} ({queue.role}) durable=True {arguments}".rstrip())
         lines.extend(
             f"binding {b.exchange} --[{b.routing_key}]--> {b.queue}" for b in self.bindings

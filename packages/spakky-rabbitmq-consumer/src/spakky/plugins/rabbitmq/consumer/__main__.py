@@ -1,4 +1,4 @@
-"""Operator commands: ``python -m spakky.plugins.rabbitmq.consumer dlq --help``.
+"""Operator commands: ``python -m spakky.plugins.rabbitmq.consumer dlq|topology --help``.
 
 The broker is the one ``SPAKKY_RABBITMQ__*`` points at, as for the application.
 """
@@ -6,15 +6,20 @@ The broker is the one ``SPAKKY_RABBITMQ__*`` points at, as for the application.
 import argparse
 import asyncio
 import json
+import os
 import sys
+from importlib import import_module
 
+from spakky.plugins.rabbitmq.config.connection import RabbitMQConnection
 from spakky.plugins.rabbitmq.config.errors import RabbitMQError
-from spakky.plugins.rabbitmq.config.settings import RabbitMQConnectionConfig
+from spakky.plugins.rabbitmq.config.settings import RabbitMQConnectionConfig, env_var
+from spakky.plugins.rabbitmq.config.topology import declare
 from spakky.plugins.rabbitmq.consumer.dlq import (
     list_dead_letters,
     purge_dead_letters,
     replay_dead_letters,
 )
+from spakky.plugins.rabbitmq.consumer.registry import application_topology
 
 
 def parser() -> argparse.ArgumentParser:
@@ -45,6 +50,21 @@ def parser() -> argparse.ArgumentParser:
         action.add_argument("--limit", type=int, default=100, help="at most this many (100)")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     purge.add_argument("--yes", action="store_true", help="really delete them")
+
+    topology = commands.add_parser(
+        "topology",
+        help="queues, exchanges and bindings an application uses",
+        description="Show, without connecting, or declare the topology of the @EventHandler "
+        "classes in a module, as the current SPAKKY_RABBITMQ__* settings shape it.",
+    )
+    steps = topology.add_subparsers(dest="action", required=True)
+    show = steps.add_parser("show", help="print it, without connecting")
+    create = steps.add_parser("declare", help="declare it on the broker")
+    for step in (show, create):
+        step.add_argument(
+            "--app", required=True, action="append", help="module to scan (repeatable)"
+        )
+    show.add_argument("--json", action="store_true", help="as JSON")
     return root
 
 
@@ -52,14 +72,45 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; return the process exit code."""
     arguments = parser().parse_args(argv)
     try:
-        config = RabbitMQConnectionConfig()
+        config = _settings(arguments)
         return asyncio.run(_run(arguments, config))
     except RabbitMQError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
 
+def _settings(arguments: argparse.Namespace) -> RabbitMQConnectionConfig:
+    if arguments.group == "topology" and arguments.action == "show":
+        # Showing needs no broker: placeholders stand in for missing connection settings.
+        return RabbitMQConnectionConfig.from_values(
+            **{
+                name: "unused"
+                for name in ("host", "user", "password")
+                if not os.environ.get(env_var(name)) and not os.environ.get(env_var("url"))
+            }
+        )
+    return RabbitMQConnectionConfig()
+
+
+async def _topology(arguments: argparse.Namespace, config: RabbitMQConnectionConfig) -> int:
+    plan = application_topology(config, [import_module(name) for name in arguments.app])
+    if arguments.action == "show":
+        print(json.dumps(plan.as_dict(), indent=2) if arguments.json else plan.as_text())
+        return 0
+    connection = RabbitMQConnection(config, role="topology")
+    await connection.open()
+    try:
+        await declare(connection, config, plan)
+    finally:
+        await connection.close()
+    print(plan.as_text())
+    print(f"declared {len(plan.exchanges)} exchange(s) and {len(plan.queues)} queue(s)")
+    return 0
+
+
 async def _run(arguments: argparse.Namespace, config: RabbitMQConnectionConfig) -> int:
+    if arguments.group == "topology":
+        return await _topology(arguments, config)
     queue: str = arguments.queue
     if arguments.action == "list":
         letters = await list_dead_letters(config, queue, arguments.limit)

@@ -3,7 +3,8 @@
 import inspect
 import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from types import ModuleType
 from typing import Any, override
 
 from spakky.core.pod.annotations.order import Order
@@ -14,6 +15,13 @@ from spakky.core.pod.interfaces.post_processor import IPostProcessor
 from spakky.domain.models.event import AbstractEvent, AbstractIntegrationEvent
 from spakky.event.stereotype.event_handler import EventHandler, EventRoute
 
+from spakky.plugins.rabbitmq.config.settings import RabbitMQConnectionConfig
+from spakky.plugins.rabbitmq.config.topology import (
+    Topology,
+    consumer_topology,
+    event_name_of,
+    exchange_topology,
+)
 from spakky.plugins.rabbitmq.consumer.errors import HandlerRegistrationError
 from spakky.plugins.rabbitmq.consumer.interceptor import HandlerInfo
 
@@ -148,6 +156,26 @@ class _PodResolver:
             if self._cache:
                 self._instance = instance
         return instance
+
+
+def application_topology(
+    config: RabbitMQConnectionConfig, modules: Iterable[ModuleType]
+) -> Topology:
+    """The topology that the ``@EventHandler`` classes of ``modules`` make the plugin
+    declare, with the exchange publishers use; computed without connecting."""
+    event_names: list[str] = []
+    for module in modules:
+        for _, member in inspect.getmembers(module, inspect.isclass):
+            if member.__module__ != module.__name__ or not EventHandler.exists(member):
+                continue
+            for _, event_type, _ in _integration_routes(member):
+                name = event_name_of(event_type)
+                if name not in event_names:
+                    event_names.append(name)
+    topology = exchange_topology(config)
+    for name in event_names:
+        topology += consumer_topology(config, name)
+    return topology
 
 
 def _integration_routes(

@@ -11,6 +11,7 @@ Example:
 
 from spakky.plugins.rabbitmq.transport.errors import (
     RabbitMQBrokerBlockedError,
+    RabbitMQDeliveryRejectedError,
     RabbitMQPublishTimeoutError,
 )
 from spakky.plugins.rabbitmq.transport.interceptor import (
@@ -29,6 +30,7 @@ __all__ = [
     "OutboundMessage",
     "PublishCompletion",
     "RabbitMQBrokerBlockedError",
+    "RabbitMQDeliveryRejectedError",
     "RabbitMQEventTransport",
     "RabbitMQPublishTimeoutError",
 ]

@@ -73,8 +73,12 @@ class LoopPublisher:
     async def open(self) -> None:
         """Connect and open the confirm channel; fails fast on bad settings."""
         await self._connection.open()
-        await self._publisher.open()
-        await declare(self._connection, self._config, exchange_topology(self._config))
+        try:
+            await self._publisher.open()
+            await declare(self._connection, self._config, exchange_topology(self._config))
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         """Close channel and connection."""

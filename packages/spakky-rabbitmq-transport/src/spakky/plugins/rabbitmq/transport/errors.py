@@ -1,6 +1,16 @@
 """Errors raised by the RabbitMQ event transports."""
 
-from spakky.plugins.rabbitmq.config.errors import RabbitMQConnectionError
+from spakky.event.error import EventDeliveryRejectedError
+
+from spakky.plugins.rabbitmq.config.errors import RabbitMQConnectionError, RabbitMQError
+
+
+class RabbitMQDeliveryRejectedError(EventDeliveryRejectedError, RabbitMQError):
+    """Spakky's `EventDeliveryRejectedError`, saying which messages and why."""
+
+    def __str__(self) -> str:
+        count = len(self.reasons)
+        return f"RabbitMQ rejected {count} message(s): " + "; ".join(self.reasons[:10])
 
 
 class RabbitMQPublishTimeoutError(RabbitMQConnectionError, TimeoutError):

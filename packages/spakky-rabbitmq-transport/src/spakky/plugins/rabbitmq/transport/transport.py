@@ -10,7 +10,7 @@ from typing import override
 import aiormq.exceptions
 from spakky.core.pod.annotations.pod import Pod
 from spakky.core.service.interfaces.service import IAsyncService, IService
-from spakky.event.error import EventDeliveryRejectedError, EventTransportNotRunningError
+from spakky.event.error import EventTransportNotRunningError
 from spakky.event.event_publisher import IAsyncEventTransport, IEventTransport
 
 from spakky.plugins.rabbitmq.config.iothread import IOThread
@@ -19,6 +19,7 @@ from spakky.plugins.rabbitmq.config.settings import RabbitMQConnectionConfig
 from spakky.plugins.rabbitmq.transport._publisher import LoopPublisher
 from spakky.plugins.rabbitmq.transport.errors import (
     RabbitMQBrokerBlockedError,
+    RabbitMQDeliveryRejectedError,
     RabbitMQPublishTimeoutError,
 )
 from spakky.plugins.rabbitmq.transport.interceptor import IPublishInterceptor
@@ -295,7 +296,7 @@ def _raise_outcome(
             unconfirmed, len(batch), timeout, "the connection may be down or the broker slow"
         )
     if rejected:
-        raise EventDeliveryRejectedError(rejected)
+        raise RabbitMQDeliveryRejectedError(rejected)
 
 
 def _copy_outcome(source: asyncio.Future[None], target: concurrent.futures.Future[None]) -> None:
