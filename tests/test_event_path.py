@@ -1,6 +1,7 @@
 """A Spakky application publishes integration events and its handlers receive them."""
 
 import asyncio
+import json
 import threading
 from typing import Any
 
@@ -9,6 +10,7 @@ from spakky.event.event_publisher import IAsyncEventPublisher, IEventPublisher
 from spakky.event.stereotype.event_handler import EventHandler, on_event
 
 from conftest import BrokerAdmin
+from spakky.plugins.rabbitmq.transport import AsyncRabbitMQEventTransport
 
 pytestmark = pytest.mark.broker
 
@@ -88,3 +90,49 @@ def test_sync_publisher_from_threads(
     seen = received.wait(120)
 
     assert sorted(e.user_id for w, e in seen if w == "sync") == list(range(40))
+
+
+async def test_message_carries_the_documented_properties(
+    broker_env: dict[str, str], event_type: type, unique_name: str, run_app: Any, broker: Any
+) -> None:
+    app = await asyncio.to_thread(run_app)
+    event = event_type(user_id=7, email="p@example.com")
+
+    await app.container.get(IAsyncEventPublisher).publish(event)
+    message = await broker.get(unique_name)
+
+    assert message is not None
+    properties = message.header.properties
+    assert properties.content_type == "application/json"
+    assert properties.delivery_mode == 2
+    assert properties.message_id == str(event.event_id)
+    assert properties.message_type == unique_name
+    assert properties.timestamp is not None
+    assert isinstance(properties.headers, dict)
+    assert json.loads(message.body)["user_id"] == 7
+
+
+def test_async_publisher_from_callers_own_loops_keeps_one_connection_per_loop(
+    broker_env: dict[str, str], event_type: type, unique_name: str, run_app: Any
+) -> None:
+    received = Received()
+    app = run_app(*handler_pods(event_type, received))
+    publisher = app.container.get(IAsyncEventPublisher)
+    transport = app.container.get(AsyncRabbitMQEventTransport)
+
+    async def web_request(n: int) -> None:
+        for i in range(n, n + 5):
+            await publisher.publish(event_type(user_id=i, email="w@example.com"))
+
+    def web_server_thread(n: int) -> None:
+        with asyncio.Runner() as runner:  # closing it cancels our tasks: connection closed
+            runner.run(web_request(n))
+            runner.run(web_request(n + 5))
+            assert len(transport._publishers) == 2  # pyright: ignore[reportPrivateUsage]
+
+    worker = threading.Thread(target=web_server_thread, args=(0,))
+    worker.start()
+    worker.join(30)
+    seen = received.wait(30)
+
+    assert sorted(e.user_id for w, e in seen if w == "async") == list(range(10))
