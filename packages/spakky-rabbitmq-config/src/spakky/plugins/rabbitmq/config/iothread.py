@@ -22,6 +22,25 @@ class IOThread:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
+    @classmethod
+    def start_with[T](
+        cls, name: str, opener: Callable[[], Coroutine[Any, Any, T]]
+    ) -> "tuple[IOThread, T]":
+        """Start a thread and run ``opener()`` on it; stop the thread again if that fails."""
+        io = cls(name)
+        try:
+            return io, io.run(opener())
+        except BaseException:
+            io.stop()
+            raise
+
+    def finish(self, closer: Coroutine[Any, Any, object], timeout: float) -> None:
+        """Run ``closer`` (bounded by ``timeout``), then stop the thread whatever happened."""
+        try:
+            self.run(closer, timeout)
+        finally:
+            self.stop()
+
     def run[T](self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coroutine`` on the IO loop and wait for its result, at most ``timeout`` s."""
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)

@@ -20,15 +20,11 @@ from spakky.plugins.rabbitmq.consumer.registry import RabbitMQHandlerRegistry
 _STOP_MARGIN = 15.0
 
 
-@Pod()
-class AsyncRabbitMQEventConsumer(IAsyncService, IApplicationContextAware):
-    """Consumes, on the application's loop, every event that has an async handler.
+class _ConsumerBase(IApplicationContextAware):
+    """What both consumers share: settings, registry, interceptors, their engine."""
 
-    That event's sync handlers run on worker threads of the same consumer, so
-    each handler gets each message once. The class does not implement Spakky's
-    ``IAsyncEventConsumer``: that slot belongs to the in-process mediator of
-    domain events.
-    """
+    _is_async: bool
+    _role: str
 
     def __init__(
         self,
@@ -45,6 +41,35 @@ class AsyncRabbitMQEventConsumer(IAsyncService, IApplicationContextAware):
     @override
     def set_application_context(self, application_context: IApplicationContext) -> None:
         self._application_context = application_context
+
+    @property
+    def queues(self) -> list[str]:
+        """The queues consumed while running."""
+        return self._engine.queues if self._engine is not None else []
+
+    def _new_engine(self) -> ConsumerEngine | None:
+        """The engine for this consumer's share of the events, or None if it has none."""
+        self._registry.freeze()
+        events = self._registry.events_for(is_async=self._is_async)
+        if not events:
+            return None
+        return ConsumerEngine(
+            self._config, events, self._interceptors, self._application_context, role=self._role
+        )
+
+
+@Pod()
+class AsyncRabbitMQEventConsumer(_ConsumerBase, IAsyncService):
+    """Consumes, on the application's loop, every event that has an async handler.
+
+    That event's sync handlers run on worker threads of the same consumer, so
+    each handler gets each message once. The class does not implement Spakky's
+    ``IAsyncEventConsumer``: that slot belongs to the in-process mediator of
+    domain events.
+    """
+
+    _is_async = True
+    _role = "async-consumer"
 
     @override
     def set_stop_event(self, stop_event: asyncio.Event) -> None:
@@ -56,23 +81,12 @@ class AsyncRabbitMQEventConsumer(IAsyncService, IApplicationContextAware):
         """Deliver every ``event`` from RabbitMQ to ``handler``; call before start."""
         self._registry.add_callback(event, handler, is_async=True)
 
-    @property
-    def queues(self) -> list[str]:
-        """The queues consumed while running."""
-        return self._engine.queues if self._engine is not None else []
-
     @override
     async def start_async(self) -> None:
-        self._registry.freeze()
-        engine = ConsumerEngine(
-            self._config,
-            self._registry.events_for(is_async=True),
-            self._interceptors,
-            self._application_context,
-            role="async-consumer",
-        )
-        await engine.start()
-        self._engine = engine
+        engine = self._new_engine()
+        if engine is not None:
+            await engine.start()
+            self._engine = engine
 
     @override
     async def stop_async(self) -> None:
@@ -82,29 +96,16 @@ class AsyncRabbitMQEventConsumer(IAsyncService, IApplicationContextAware):
 
 
 @Pod()
-class RabbitMQEventConsumer(IService, IApplicationContextAware):
+class RabbitMQEventConsumer(_ConsumerBase, IService):
     """Consumes events whose handlers are all sync, on a private IO thread.
 
     Handlers run on worker threads, so a handler that blocks for minutes does
     not stop the connection's heartbeats.
     """
 
-    def __init__(
-        self,
-        config: RabbitMQConnectionConfig,
-        registry: RabbitMQHandlerRegistry,
-        interceptors: tuple[IConsumeInterceptor, ...] = (),
-    ) -> None:
-        self._config = config
-        self._registry = registry
-        self._interceptors = interceptors
-        self._application_context: IApplicationContext | None = None
-        self._engine: ConsumerEngine | None = None
-        self._io: IOThread | None = None
-
-    @override
-    def set_application_context(self, application_context: IApplicationContext) -> None:
-        self._application_context = application_context
+    _is_async = False
+    _role = "sync-consumer"
+    _io: IOThread | None = None
 
     @override
     def set_stop_event(self, stop_event: threading.Event) -> None:
@@ -116,44 +117,21 @@ class RabbitMQEventConsumer(IService, IApplicationContextAware):
         """Deliver every ``event`` from RabbitMQ to ``handler``; call before start."""
         self._registry.add_callback(event, handler, is_async=False)
 
-    @property
-    def queues(self) -> list[str]:
-        """The queues consumed while running."""
-        return self._engine.queues if self._engine is not None else []
-
     @override
     def start(self) -> None:
-        self._registry.freeze()
-        events = self._registry.events_for(is_async=False)
-        if not events:
+        engine = self._new_engine()
+        if engine is None:
             return
-        io = IOThread("spakky-rabbitmq-consumer")
 
         async def start_engine() -> ConsumerEngine:
-            engine = ConsumerEngine(
-                self._config,
-                events,
-                self._interceptors,
-                self._application_context,
-                role="sync-consumer",
-            )
             await engine.start()
             return engine
 
-        try:
-            self._engine = io.run(start_engine())
-        except BaseException:
-            io.stop()
-            raise
-        self._io = io
+        self._io, self._engine = IOThread.start_with("spakky-rabbitmq-consumer", start_engine)
 
     @override
     def stop(self) -> None:
         io, engine = self._io, self._engine
         self._io = self._engine = None
-        if io is None or engine is None:
-            return
-        try:
-            io.run(engine.stop(), timeout=self._config.drain_timeout + _STOP_MARGIN)
-        finally:
-            io.stop()
+        if io is not None and engine is not None:
+            io.finish(engine.stop(), timeout=self._config.drain_timeout + _STOP_MARGIN)

@@ -186,19 +186,12 @@ class RabbitMQEventTransport(IEventTransport, IService):
 
     @override
     def start(self) -> None:
-        io = IOThread("spakky-rabbitmq-publisher")
-
         async def open_publisher() -> LoopPublisher:
             publisher = LoopPublisher(self._config, self._interceptors, role="sync-publisher")
             await publisher.open()
             return publisher
 
-        try:
-            self._publisher = io.run(open_publisher())
-        except BaseException:
-            io.stop()
-            raise
-        self._io = io
+        self._io, self._publisher = IOThread.start_with("spakky-rabbitmq-publisher", open_publisher)
 
     @override
     def stop(self) -> None:
@@ -207,11 +200,9 @@ class RabbitMQEventTransport(IEventTransport, IService):
         if io is None or publisher is None:
             return
         try:
-            io.run(publisher.close(), timeout=_STOP_TIMEOUT)
+            io.finish(publisher.close(), timeout=_STOP_TIMEOUT)
         except (TimeoutError, aiormq.exceptions.AMQPError, OSError) as error:
             logger.warning("closing the RabbitMQ publisher ended with %s", type(error).__name__)
-        finally:
-            io.stop()
 
     @override
     def send(
