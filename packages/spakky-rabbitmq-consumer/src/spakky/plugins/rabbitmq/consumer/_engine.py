@@ -164,9 +164,10 @@ class ConsumerEngine:
         running then is not acknowledged, so the broker delivers it again.
         """
         self._stopping = True
-        for watcher in self._watchers:
+        watchers = list(self._watchers)
+        for watcher in watchers:
             watcher.cancel()
-        await asyncio.gather(*self._watchers, return_exceptions=True)
+        await asyncio.gather(*watchers, return_exceptions=True)
         self._watchers.clear()
         for subscription in self._subscriptions:
             await self._cancel(subscription)
@@ -222,7 +223,7 @@ class ConsumerEngine:
         subscription.channel = channel
         subscription.consumer_tag = consume_ok.consumer_tag
         subscription.generation += 1
-        self._watchers.add(
+        self._own(
             asyncio.create_task(
                 self._watch(subscription, channel, subscription.generation),
                 name=f"spakky-rabbitmq-watch-{subscription.queue}",
@@ -242,7 +243,12 @@ class ConsumerEngine:
         # The broker cancels a consumer when its queue is deleted (AMQP basic.cancel);
         # closing the channel hands the work to _watch, which subscribes again.
         logger.warning("the broker cancelled the consumer of %s", subscription.queue)
-        self._watchers.add(asyncio.create_task(_close_quietly(channel)))
+        self._own(asyncio.create_task(_close_quietly(channel)))
+
+    def _own(self, task: asyncio.Task[Any]) -> None:
+        """Keep a background task until it ends; `stop` cancels what is left."""
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
 
     async def _watch(
         self, subscription: _Subscription, channel: aiormq.abc.AbstractChannel, generation: int
