@@ -15,17 +15,22 @@ logger = logging.getLogger(__name__)
 _INSTRUMENTATION_NAME = "spakky.plugins.rabbitmq.tracing"
 
 
-def tracer_of(provider: trace.TracerProvider | None) -> trace.Tracer:
-    """The tracer of this package from ``provider``, or from the global provider when None.
+class Tracing:
+    """This package's tracer, and whether anything would record its spans."""
 
-    Without a provider OpenTelemetry hands out a proxy tracer, which starts recording as
-    soon as the application installs an SDK.
-    """
-    try:
-        instrumentation_version = version("spakky-rabbitmq-tracing")
-    except PackageNotFoundError:
-        instrumentation_version = None
-    return trace.get_tracer(_INSTRUMENTATION_NAME, instrumentation_version, provider)
+    def __init__(self, provider: trace.TracerProvider | None) -> None:
+        try:
+            instrumentation_version = version("spakky-rabbitmq-tracing")
+        except PackageNotFoundError:
+            instrumentation_version = None
+        self._provider = provider
+        # Without a provider this is a proxy that records once the application sets an SDK.
+        self.tracer = trace.get_tracer(_INSTRUMENTATION_NAME, instrumentation_version, provider)
+
+    def is_off(self) -> bool:
+        """True while no SDK is configured, so that spans would be no-ops anyway."""
+        provider = self._provider if self._provider is not None else trace.get_tracer_provider()
+        return isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
 
 
 def extract_trace_context(

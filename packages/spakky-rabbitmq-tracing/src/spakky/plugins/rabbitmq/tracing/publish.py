@@ -14,11 +14,11 @@ from spakky.tracing.propagator import ITracePropagator
 
 from spakky.plugins.rabbitmq.tracing import attributes as attr
 from spakky.plugins.rabbitmq.tracing._otel import (
+    Tracing,
     extract_trace_context,
     record_failure,
     span_context_of,
     trace_context_of,
-    tracer_of,
 )
 from spakky.plugins.rabbitmq.transport.interceptor import (
     IPublishInterceptor,
@@ -46,11 +46,18 @@ class TracingPublishInterceptor(IPublishInterceptor):
         tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         self._propagator = propagator
-        self._tracer = tracer_of(tracer_provider)
+        self._tracing = Tracing(tracer_provider)
+        self._fields = tuple(propagator.fields())
 
     @override
     def before_publish(self, message: OutboundMessage) -> PublishCompletion | None:
         headers = message.headers
+        if self._tracing.is_off():
+            # No spans: only make sure the ambient context travels, as the event bus does.
+            if not any(field in headers for field in self._fields):
+                self._inject(headers, None)
+            return None
+
         parent = extract_trace_context(self._propagator, headers)
         if parent is None and self._inject(headers, None):
             parent = extract_trace_context(self._propagator, headers)
@@ -61,7 +68,7 @@ class TracingPublishInterceptor(IPublishInterceptor):
             if parent_span_context is not None
             else None
         )
-        span = self._tracer.start_span(
+        span = self._tracing.tracer.start_span(
             _span_name(message),
             context=otel_parent,
             kind=SpanKind.PRODUCER,
