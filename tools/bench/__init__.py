@@ -1,0 +1,1 @@
+"""Benchmark scripts; each prints ratios, none is a test."""
