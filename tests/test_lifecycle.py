@@ -293,3 +293,20 @@ def _rabbitmqctl(*args: str) -> str:
         ["rabbitmqctl", *args], capture_output=True, text=True, timeout=60, check=True
     )
     return result.stdout
+
+
+def test_stop_from_inside_a_loop_that_published_does_not_hang(
+    broker_env: Any, event_type: type, run_app: Any
+) -> None:
+    app = run_app()
+    publisher = app.container.get(IAsyncEventPublisher)
+    started = time.monotonic()
+
+    async def request_then_shutdown() -> None:
+        await publisher.publish(event_type(user_id=1, email="e"))
+        app.stop()  # blocks this loop, which owns one of the transport's connections
+
+    asyncio.run(request_then_shutdown())
+
+    assert time.monotonic() - started < 10
+    assert not app.application_context.is_started

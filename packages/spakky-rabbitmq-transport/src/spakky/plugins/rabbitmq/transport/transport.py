@@ -27,6 +27,7 @@ from spakky.plugins.rabbitmq.transport.interceptor import IPublishInterceptor
 logger = logging.getLogger(__name__)
 
 _STOP_TIMEOUT = 10.0
+_FOREIGN_CLOSE_WAIT = 2.0
 
 
 @Pod()
@@ -76,8 +77,15 @@ class AsyncRabbitMQEventTransport(IAsyncEventTransport, IAsyncService):
             if publisher.loop is current:
                 await publisher.close()
             elif publisher.loop.is_running():
+                # That loop may be the very one blocked in app.stop(): wait briefly; the
+                # close still runs there as soon as the loop gets control back.
                 future = asyncio.run_coroutine_threadsafe(publisher.close(), publisher.loop)
-                await asyncio.wrap_future(future)
+                try:
+                    await asyncio.wait_for(asyncio.wrap_future(future), _FOREIGN_CLOSE_WAIT)
+                except TimeoutError:
+                    logger.debug(
+                        "publisher loop %r is busy; its connection closes later", publisher.loop
+                    )
             # A caller loop that already ended took its socket with it.
 
     @override
