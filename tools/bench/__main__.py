@@ -33,28 +33,43 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         help="also run with the rabbitmq tracing and auth packages loaded, if importable",
     )
     parser.add_argument(
+        "--only",
+        default=",".join(GROUPS),
+        help=f"comma-separated groups to run, of {', '.join(GROUPS)} (for profiling)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path(".cache/bench"), help="results.jsonl and ratios.png"
     )
     return parser.parse_args(argv)
 
 
-async def _round(counts: Counts, *, extras: bool) -> list[Figure]:
+GROUPS = ("raw", "publish", "consume", "flow")
+
+
+async def _round(counts: Counts, groups: set[str], *, extras: bool) -> list[Figure]:
     figures: list[Figure] = []
+    raw = "raw" in groups
     async with _raw.broker() as admin:
-        figures.append(await _raw.pipelined(admin, counts))
-        figures.append(await _raw.each_confirm(admin, counts, persistent=True))
-        figures.append(await _raw.each_confirm(admin, counts, persistent=False))
-        figures += await _spakky.publishing(admin, counts)
+        if raw and "publish" in groups:
+            figures.append(await _raw.pipelined(admin, counts))
+            figures.append(await _raw.each_confirm(admin, counts, persistent=True))
+            figures.append(await _raw.each_confirm(admin, counts, persistent=False))
+        if "publish" in groups:
+            figures += await _spakky.publishing(admin, counts)
 
-        figures.append(await _raw.consume(admin, counts))
-        figures.append(await _spakky.consume(admin, counts, is_async=True))
-        figures.append(await _spakky.consume(admin, counts, is_async=False))
+        if raw and "consume" in groups:
+            figures.append(await _raw.consume(admin, counts))
+        if "consume" in groups:
+            figures.append(await _spakky.consume(admin, counts, is_async=True))
+            figures.append(await _spakky.consume(admin, counts, is_async=False))
 
-        figures.append(await _raw.end_to_end(admin, counts))
-        figures.append(await _raw.latency(admin, counts))
-        if counts.memory:
-            figures.append(await _raw.memory(admin, counts))
-        figures += await _spakky.flowing(admin, counts)
+        if raw and "flow" in groups:
+            figures.append(await _raw.end_to_end(admin, counts))
+            figures.append(await _raw.latency(admin, counts))
+            if counts.memory:
+                figures.append(await _raw.memory(admin, counts))
+        if "flow" in groups:
+            figures += await _spakky.flowing(admin, counts)
 
         if extras:
             figures += await _spakky.publishing(admin, counts, extras=True)
@@ -73,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         extras = len(found) == len(_spakky.EXTRA_MODULES)
         if not extras:
             print(f"# tracing/auth scenario skipped: importable {found or 'none'}", flush=True)
+    groups = {group.strip() for group in args.only.split(",") if group.strip()}
+    if unknown := groups - set(GROUPS):
+        print(f"unknown group(s) {sorted(unknown)}; choose from {', '.join(GROUPS)}")
+        return 2
     set_broker_env()
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"# counts: {counts}", flush=True)
@@ -81,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with (args.out / "results.jsonl").open("w", encoding="utf-8") as log:
         for number in range(1, args.rounds + 1):
-            figures = asyncio.run(_round(counts, extras=extras))
+            figures = asyncio.run(_round(counts, groups, extras=extras))
             for figure in figures:
                 line = _report.json_line({"round": number, **figure.as_json()})
                 print(line, flush=True)
