@@ -63,10 +63,19 @@ class Figure:
         return asdict(self)
 
 
-def rate_figure(scenario: str, count: int, seconds: float, *, timed_out: bool) -> Figure:
-    """A throughput figure in messages per second."""
+def rate_figure(
+    scenario: str, count: int, seconds: float, *, timed_out: bool, cpu: float | None = None
+) -> Figure:
+    """A throughput figure in messages per second.
+
+    ``cpu`` is the process's CPU time over the same span (all threads): as µs per
+    message it is steadier than the rate on a machine that other work shares.
+    """
     value = count / seconds if seconds > 0 else 0.0
-    return Figure(scenario, value, "msg/s", count, seconds, timed_out)
+    figure = Figure(scenario, value, "msg/s", count, seconds, timed_out)
+    if cpu is not None and count:
+        figure.extra["cpu_us_per_msg"] = cpu / count * 1e6
+    return figure
 
 
 def unique_name(scenario: str) -> str:

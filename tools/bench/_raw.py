@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
+from typing import Protocol
 
 import aiormq
 import aiormq.abc
@@ -130,12 +131,12 @@ async def pipelined(admin: Broker, counts: Counts) -> Figure:
     channel = await admin.connection.channel(publisher_confirms=True)
     deadline = Deadline(counts.timeout)
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     sent = await _pipelined(channel, queue, payloads, counts.batch, _PERSISTENT, deadline)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
 
     await channel.close()
-    return rate_figure("raw_pipelined", sent, elapsed, timed_out=sent < len(payloads))
+    return rate_figure("raw_pipelined", sent, elapsed, timed_out=sent < len(payloads), cpu=cpu)
 
 
 async def each_confirm(admin: Broker, counts: Counts, *, persistent: bool) -> Figure:
@@ -147,7 +148,7 @@ async def each_confirm(admin: Broker, counts: Counts, *, persistent: bool) -> Fi
     mode = _PERSISTENT if persistent else _TRANSIENT
     deadline = Deadline(counts.timeout)
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     sent = 0
     for body in payloads:
         if deadline.passed:
@@ -156,10 +157,11 @@ async def each_confirm(admin: Broker, counts: Counts, *, persistent: bool) -> Fi
             body, routing_key=queue, properties=_properties(str(sent), mode), mandatory=True
         )
         sent += 1
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
 
     await channel.close()
-    return rate_figure(f"raw_each_{kind}", sent, elapsed, timed_out=sent < len(payloads))
+    timed_out = sent < len(payloads)
+    return rate_figure(f"raw_each_{kind}", sent, elapsed, timed_out=timed_out, cpu=cpu)
 
 
 class _Receiver:
@@ -168,9 +170,10 @@ class _Receiver:
     def __init__(self, channel: aiormq.abc.AbstractChannel, expected: int) -> None:
         self.channel = channel
         self.expected = expected
-        self.received = 0
+        self.handled = 0
         self.first = 0.0
         self.last = 0.0
+        self.cpu_first = self.cpu_last = 0.0
         self.latencies: list[float] = []
         self.done = asyncio.Event()
         self.stamped = False
@@ -181,11 +184,11 @@ class _Receiver:
             self.latencies.append(now - float(message.body.split(b" ", 1)[0]))
         tag = message.delivery.delivery_tag  # type: ignore[union-attr]
         await self.channel.basic_ack(tag)  # pyright: ignore[reportArgumentType]
-        self.received += 1
-        if self.received == 1:
-            self.first = now
-        self.last = time.perf_counter()
-        if self.received >= self.expected:
+        self.handled += 1
+        if self.handled == 1:
+            self.first, self.cpu_first = now, time.process_time()
+        self.last, self.cpu_last = time.perf_counter(), time.process_time()
+        if self.handled >= self.expected:
             self.done.set()
 
 
@@ -214,13 +217,28 @@ async def consume(admin: Broker, counts: Counts) -> Figure:
     await _wait(receiver.done, deadline)
 
     await channel.close()
-    return _span_figure("raw_consume", receiver.received, receiver.first, receiver.last, filled)
+    return span_figure("raw_consume", receiver, filled)
 
 
-def _span_figure(scenario: str, handled: int, first: float, last: float, expected: int) -> Figure:
-    # First to last delivery: connection and subscription set-up are not counted.
-    span = last - first
-    return rate_figure(scenario, max(0, handled - 1), span, timed_out=handled < expected)
+class Span(Protocol):
+    """First and last handled message, in wall and process CPU time."""
+
+    handled: int
+    first: float
+    last: float
+    cpu_first: float
+    cpu_last: float
+
+
+def span_figure(scenario: str, span: Span, expected: int) -> Figure:
+    """Rate from the first to the last handled message; set-up is not counted."""
+    return rate_figure(
+        scenario,
+        max(0, span.handled - 1),
+        span.last - span.first,
+        timed_out=span.handled < expected,
+        cpu=span.cpu_last - span.cpu_first,
+    )
 
 
 async def end_to_end(admin: Broker, counts: Counts) -> Figure:
@@ -239,7 +257,7 @@ async def end_to_end(admin: Broker, counts: Counts) -> Figure:
 
     await publisher.close()
     await channel.close()
-    return rate_figure("raw_end_to_end", receiver.received, elapsed, timed_out=sent < len(payloads))
+    return rate_figure("raw_end_to_end", receiver.handled, elapsed, timed_out=sent < len(payloads))
 
 
 async def latency(admin: Broker, counts: Counts) -> Figure:
@@ -319,7 +337,7 @@ async def memory(admin: Broker, counts: Counts) -> Figure:
 
     await publisher.close()
     await channel.close()
-    return memory_figure("raw_memory", receiver.received, before, after, counts.memory)
+    return memory_figure("raw_memory", receiver.handled, before, after, counts.memory)
 
 
 def memory_figure(scenario: str, handled: int, before: int, after: int, expected: int) -> Figure:

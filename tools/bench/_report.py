@@ -47,6 +47,8 @@ class Row:
     baselines: list[float]
     unit: str
     timed_out: bool
+    cpu: list[float]
+    """CPU µs per message of the scenario and its baseline (median over rounds), if known."""
 
     @property
     def ratios(self) -> list[float]:
@@ -87,6 +89,7 @@ class Row:
             "target": self.comparison.target,
             "met": self.met,
             "timed_out": self.timed_out,
+            "cpu_us_per_msg": self.cpu,
         }
 
 
@@ -104,8 +107,19 @@ def rows(rounds: list[dict[str, Figure]]) -> list[Row]:
                 [r[comparison.baseline].value for r in rounds],
                 figures[0].unit,
                 any(figure.timed_out for figure in figures),
+                _cpu(figures, [r[comparison.baseline] for r in rounds]),
             )
         )
+    return result
+
+
+def _cpu(figures: list[Figure], baselines: list[Figure]) -> list[float]:
+    result: list[float] = []
+    for group in (figures, baselines):
+        values = [f.extra["cpu_us_per_msg"] for f in group if "cpu_us_per_msg" in f.extra]
+        if len(values) != len(group):
+            return []
+        result.append(statistics.median(values))
     return result
 
 
@@ -117,9 +131,9 @@ def table(result: list[Row]) -> str:
     """A Markdown table: each round as value / raw = ratio, then the medians."""
     header = (
         "| scenario | vs raw | unit | round 1 | round 2 | round 3 | median | raw median "
-        "| median ratio | target | met |"
+        "| median ratio | target | met | CPU µs/msg (raw) |"
     )
-    lines = [header, "|" + "---|" * 11]
+    lines = [header, "|" + "---|" * 12]
     for row in result:
         runs = [
             f"{_number(v)} / {_number(b)} = {r:.2f}"
@@ -132,10 +146,11 @@ def table(result: list[Row]) -> str:
             limit = comparison.target
             target = f"<= {limit:g}" if comparison.absolute else f">= {limit:g}"
         name = comparison.scenario + (" (timed out)" if row.timed_out else "")
+        cpu = f"{row.cpu[0]:.0f} ({row.cpu[1]:.0f})" if row.cpu else ""
         lines.append(
             f"| {name} | {comparison.baseline} | {row.unit} | {' | '.join(runs[:3])} "
             f"| {_number(row.median)} | {_number(statistics.median(row.baselines))} "
-            f"| {row.median_ratio:.2f} | {target} | {row.met} |"
+            f"| {row.median_ratio:.2f} | {target} | {row.met} | {cpu} |"
         )
     return "\n".join(lines)
 

@@ -32,7 +32,7 @@ from tools.bench._common import (
     rss_bytes,
     unique_name,
 )
-from tools.bench._raw import Broker, latency_figure, memory_figure
+from tools.bench._raw import Broker, latency_figure, memory_figure, span_figure
 from tools.demo.app import NoDatabaseAsyncTransaction, NoDatabaseTransaction
 
 EXTRA_MODULES = ("spakky.plugins.rabbitmq.tracing", "spakky.plugins.rabbitmq.auth")
@@ -83,6 +83,7 @@ class Probe:
         self.handled = 0
         self.first = 0.0
         self.last = 0.0
+        self.cpu_first = self.cpu_last = 0.0
         self.latencies: list[float] = []
         self.stamped = False
         self.done = threading.Event()
@@ -96,8 +97,8 @@ class Probe:
                 self.latencies.append(now - event.sent_at)
             self.handled += 1
             if self.handled == 1:
-                self.first = now
-            self.last = now
+                self.first, self.cpu_first = now, time.process_time()
+            self.last, self.cpu_last = now, time.process_time()
             if self.handled >= self.expected:
                 self.done.set()
 
@@ -164,16 +165,16 @@ class Session:
         events = make_events(event_type, self.counts.each)
         deadline = Deadline(self.counts.timeout)
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         sent = 0
         for event in events:
             if deadline.passed:
                 break
             await publisher.publish(event)
             sent += 1
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
 
-        return rate_figure("async_each", sent, elapsed, timed_out=sent < len(events))
+        return rate_figure("async_each", sent, elapsed, timed_out=sent < len(events), cpu=cpu)
 
     async def async_concurrent(self, *, scenario: str = "async_concurrent") -> Figure:
         """``asyncio.gather`` of ``batch`` publishes at a time."""
@@ -182,11 +183,11 @@ class Session:
         events = make_events(event_type, self.counts.pipelined)
         deadline = Deadline(self.counts.timeout)
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         sent = await _gather_publish(publisher, events, self.counts.batch, deadline)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
 
-        return rate_figure(scenario, sent, elapsed, timed_out=sent < len(events))
+        return rate_figure(scenario, sent, elapsed, timed_out=sent < len(events), cpu=cpu)
 
     async def transport_batch(self) -> Figure:
         """An outbox relay: ``send`` a batch of serialized events, then one ``flush``."""
@@ -197,7 +198,7 @@ class Session:
         name = make_events(event_type, 1)[0].event_name
         deadline = Deadline(self.counts.timeout)
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         sent = 0
         for start in range(0, len(payloads), self.counts.batch):
             if deadline.passed:
@@ -207,9 +208,10 @@ class Session:
                 await transport.send(name, payload, {})
             await transport.flush()
             sent += len(chunk)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
 
-        return rate_figure("transport_batch", sent, elapsed, timed_out=sent < len(payloads))
+        timed_out = sent < len(payloads)
+        return rate_figure("transport_batch", sent, elapsed, timed_out=timed_out, cpu=cpu)
 
     async def sync_threads(self, threads: int) -> Figure:
         """``publisher.publish(event)`` from ``threads`` threads, each its share in turn."""
@@ -237,9 +239,12 @@ class Session:
                 worker.join(self.counts.timeout + 30)
             return time.perf_counter() - started
 
+        cpu = time.process_time()
         elapsed = await asyncio.to_thread(run_all)
+        cpu = time.process_time() - cpu
         scenario = "sync_one_thread" if threads == 1 else f"sync_{threads}_threads"
-        return rate_figure(scenario, sum(sent), elapsed, timed_out=sum(sent) < len(events))
+        timed_out = sum(sent) < len(events)
+        return rate_figure(scenario, sum(sent), elapsed, timed_out=timed_out, cpu=cpu)
 
 
 async def _gather_publish(
@@ -290,9 +295,7 @@ async def consume(admin: Broker, counts: Counts, *, is_async: bool, extras: bool
 
     await asyncio.to_thread(run)
     scenario = f"consume_{kind}" + ("_extras" if extras else "")
-    # First to last handled event, as for the raw consumer.
-    span = probe.last - probe.first
-    return rate_figure(scenario, max(0, probe.handled - 1), span, timed_out=probe.handled < filled)
+    return span_figure(scenario, probe, filled)
 
 
 async def flowing(admin: Broker, counts: Counts) -> list[Figure]:
