@@ -19,13 +19,15 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import aiormq.abc
+import pamqp.frame
 from pamqp import commands as spec
 from pamqp.header import ContentHeader
 
 logger = logging.getLogger(__name__)
 
 _CHECKED_VERSIONS = ("7.2.",)
-_CHANNEL_FRAME: Any = aiormq.abc.ChannelFrame  # its marshall() is only partly annotated
+_METHOD_CACHE_SIZE = 1024
+_CHANNEL_FRAME: Any = aiormq.abc.ChannelFrame  # its fields are only partly annotated
 _INTERNALS = (
     "delivery_tag",
     "confirmations",
@@ -71,6 +73,7 @@ class FrameWriter:
         self._scheduled = False
         self._backlog: deque[Any] = deque()
         self._pump: asyncio.Task[None] | None = None
+        self._methods: dict[tuple[str, str, bool], bytes] = {}
 
     def publish(
         self,
@@ -86,12 +89,14 @@ class FrameWriter:
         if not properties.message_id:
             properties.message_id = uuid.uuid4().hex
         message_id = properties.message_id
-        frames: list[Any] = [
-            spec.Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=mandatory),
-            ContentHeader(properties=properties, body_size=len(body)),
-            *channel._split_body(body),
-        ]
-        payload: bytes = _CHANNEL_FRAME.marshall(channel.number, frames).payload
+        number: int = channel.number
+        method = self._methods.get((exchange, routing_key, mandatory))
+        if method is None:
+            method = self._method(exchange, routing_key, mandatory)
+        header = ContentHeader(properties=properties, body_size=len(body))
+        parts = [method, pamqp.frame.marshal(header, number)]
+        parts += [pamqp.frame.marshal(part, number) for part in channel._split_body(body)]
+        payload = b"".join(parts)
 
         # AMQP 0-9-1 confirms (RabbitMQ extension): the broker numbers published
         # messages from 1 on the channel, so the tag is taken in write order.
@@ -107,6 +112,17 @@ class FrameWriter:
             self._scheduled = True
             self._loop.call_soon(self._write)
         return confirmation
+
+    def _method(self, exchange: str, routing_key: str, mandatory: bool) -> bytes:
+        # The basic.publish frame depends only on these three and the channel, and
+        # an application publishes a handful of event names: marshal each once.
+        method = pamqp.frame.marshal(
+            spec.Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=mandatory),
+            self._internal.number,
+        )
+        if len(self._methods) < _METHOD_CACHE_SIZE:
+            self._methods[exchange, routing_key, mandatory] = method
+        return method
 
     def _write(self) -> None:
         self._scheduled = False
