@@ -156,16 +156,13 @@ def table(result: list[Row]) -> str:
 
 
 def latency_details(rounds: list[dict[str, Figure]]) -> str:
-    """p50 / p99 / max of the latency scenarios, per round."""
+    """p50 / p99 / max of the latency scenarios, one line per scenario and round."""
     lines: list[str] = []
     for name in ("latency", "raw_latency"):
-        parts = [
-            "p50 {p50_ms:.2f} p99 {p99_ms:.2f} max {max_ms:.2f} ms".format(**r[name].extra)
-            for r in rounds
-            if name in r
-        ]
-        if parts:
-            lines.append(f"{name}: " + "; ".join(parts))
+        for number, figures in enumerate(rounds, start=1):
+            if name in figures:
+                detail = "p50 {p50_ms:.2f}  p99 {p99_ms:.2f}  max {max_ms:.2f} ms"
+                lines.append(f"{name:<12} round {number}: " + detail.format(**figures[name].extra))
     return "\n".join(lines)
 
 
