@@ -2,20 +2,25 @@
 
 import asyncio
 import logging
+from functools import partial
+from typing import Any
 
 import aiormq.abc
 import aiormq.exceptions
 from pamqp import commands as spec
 
+from spakky.plugins.rabbitmq.config._frames import FrameWriter, frame_writer_for
 from spakky.plugins.rabbitmq.config.connection import RabbitMQConnection
 
 logger = logging.getLogger(__name__)
 
 _ATTEMPTS = 5
-
-
-def _nacked(exchange: str, routing_key: str) -> str:
-    return f"the broker nacked the message to {routing_key!r} on exchange {exchange!r}"
+_CONNECTION_LOSS = (
+    aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelClosed,
+    aiormq.exceptions.ChannelInvalidStateError,
+    ConnectionError,
+)
 
 
 class PublishRejectedError(Exception):
@@ -31,8 +36,9 @@ class ConfirmPublisher:
 
     `publish` returns at once with a future that resolves when the broker confirms
     the message, or fails with `PublishRejectedError` (nack, unroutable) or with the
-    client's own error (channel or connection lost). The channel is reopened after
-    a reconnect.
+    client's own error. A message that was not confirmed when the connection went is
+    sent again on the next one (so delivery is at least once); the caller's own
+    timeout (``flush()``) bounds the wait. The channel is reopened after a reconnect.
     """
 
     def __init__(self, connection: RabbitMQConnection, *, ready_timeout: float) -> None:
@@ -40,6 +46,7 @@ class ConfirmPublisher:
         self._connection = connection
         self._ready_timeout = ready_timeout
         self._channel: aiormq.abc.AbstractChannel | None = None
+        self._frames: FrameWriter | None = None
         self._opening: asyncio.Future[aiormq.abc.AbstractChannel] | None = None
         connection.add_reconnect_listener(self._reopen)
 
@@ -57,57 +64,89 @@ class ConfirmPublisher:
         mandatory: bool,
     ) -> asyncio.Future[None]:
         """Start publishing ``body``; the returned future resolves on the broker's confirm."""
-        return asyncio.ensure_future(
-            self._publish(body, exchange, routing_key, properties, mandatory)
+        message = _Message(body, exchange, routing_key, properties, mandatory)
+        frames = self._frames
+        if frames is None or frames.channel is not self._channel or frames.channel.is_closed:
+            return asyncio.ensure_future(self._publish(message, first_attempt=1))
+        outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        confirmation = frames.publish(
+            body,
+            exchange=exchange,
+            routing_key=routing_key,
+            properties=properties,
+            mandatory=mandatory,
         )
+        confirmation.add_done_callback(partial(self._settle, outcome, message))
+        return outcome
 
-    async def _publish(
-        self,
-        body: bytes,
-        exchange: str,
-        routing_key: str,
-        properties: spec.Basic.Properties,
-        mandatory: bool,
+    def _settle(
+        self, outcome: asyncio.Future[None], message: "_Message", confirmation: asyncio.Future[Any]
     ) -> None:
-        # A message the broker never confirmed is sent again on the next connection;
-        # the caller's flush() bounds the whole wait. Delivery is at least once.
-        for attempt in range(1, _ATTEMPTS + 1):
+        if outcome.done():
+            return
+        if confirmation.cancelled():
+            outcome.cancel()
+            return
+        error = confirmation.exception()
+        if error is None:
+            error = _refusal(confirmation.result(), message)
+        if error is None:
+            outcome.set_result(None)
+            return
+        if isinstance(error, _CONNECTION_LOSS):
+            resend = asyncio.ensure_future(self._publish(message, first_attempt=2))
+            resend.add_done_callback(partial(_copy_outcome, outcome))
+            return
+        outcome.set_exception(_translated(error, message))
+
+    async def _publish(self, message: "_Message", *, first_attempt: int) -> None:
+        for attempt in range(first_attempt, _ATTEMPTS + 1):
             channel = self._channel
             if channel is None or channel.is_closed:
                 channel = await self._ready_channel()
+            frames = self._frames
             try:
-                confirmation = await channel.basic_publish(
-                    body,
-                    exchange=exchange,
-                    routing_key=routing_key,
-                    properties=properties,
-                    mandatory=mandatory,
-                )
-            except aiormq.exceptions.PublishError as error:
-                reply = getattr(error.frame, "reply_text", "returned")
-                raise PublishRejectedError(
-                    f"{routing_key!r} on exchange {exchange!r} is unroutable ({reply})"
-                ) from None
-            except aiormq.exceptions.DeliveryError:
-                raise PublishRejectedError(_nacked(exchange, routing_key)) from None
-            except aiormq.exceptions.ChannelNotFoundEntity:
-                raise PublishRejectedError(
-                    f"exchange {exchange!r} does not exist (NOT_FOUND)"
-                ) from None
-            except (
-                aiormq.exceptions.AMQPConnectionError,
-                aiormq.exceptions.ChannelClosed,
-                aiormq.exceptions.ChannelInvalidStateError,
-                ConnectionError,
-            ) as error:
-                if attempt == _ATTEMPTS:
-                    raise
-                logger.debug("publish to %r interrupted (%s); sending again", routing_key, error)
+                if frames is not None and frames.channel is channel:
+                    confirmation = await frames.publish(
+                        message.body,
+                        exchange=message.exchange,
+                        routing_key=message.routing_key,
+                        properties=message.properties,
+                        mandatory=message.mandatory,
+                    )
+                else:
+                    confirmation = await channel.basic_publish(
+                        message.body,
+                        exchange=message.exchange,
+                        routing_key=message.routing_key,
+                        properties=message.properties,
+                        mandatory=message.mandatory,
+                    )
+            except _CONNECTION_LOSS as error:
+                if attempt == _ATTEMPTS or isinstance(
+                    error, aiormq.exceptions.ChannelNotFoundEntity
+                ):
+                    raise _translated(error, message) from None
+                logger.debug("publish to %r interrupted; sending again", message.routing_key)
                 await asyncio.sleep(0)
                 continue
-            if not isinstance(confirmation, spec.Basic.Ack):
-                raise PublishRejectedError(_nacked(exchange, routing_key))
+            except aiormq.exceptions.AMQPError as error:
+                raise _translated(error, message) from None
+            refusal = _refusal(confirmation, message)
+            if refusal is not None:
+                raise refusal
             return
+
+    def _use(self, channel: aiormq.abc.AbstractChannel) -> aiormq.abc.AbstractChannel:
+        self._drop_frames()
+        self._frames = frame_writer_for(channel)
+        self._channel = channel
+        return channel
+
+    def _drop_frames(self) -> None:
+        frames, self._frames = self._frames, None
+        if frames is not None:
+            frames.close()
 
     async def _ready_channel(self) -> aiormq.abc.AbstractChannel:
         channel = self._channel
@@ -123,19 +162,77 @@ class ConfirmPublisher:
             channel = self._channel
             if channel is not None and not channel.is_closed:
                 return channel  # the reconnect listener opened it meanwhile
-        self._channel = await self._connection.channel(confirms=True)
-        return self._channel
+        return self._use(await self._connection.channel(confirms=True))
 
     async def _reopen(self) -> None:
         # Runs inside the reconnect, before the connection counts as ready again.
         self._opening = None
-        self._channel = await self._connection.channel(confirms=True)
+        self._use(await self._connection.channel(confirms=True))
 
     async def close(self) -> None:
         """Close the channel; the connection stays with its owner."""
+        self._drop_frames()
         channel, self._channel = self._channel, None
         if channel is not None and not channel.is_closed:
             try:
                 await asyncio.wait_for(channel.close(), 5)
             except (TimeoutError, aiormq.exceptions.AMQPError, OSError) as error:
                 logger.debug("closing the confirm channel ended with %s", type(error).__name__)
+
+
+class _Message:
+    """What is needed to send one message again."""
+
+    __slots__ = ("body", "exchange", "mandatory", "properties", "routing_key")
+
+    def __init__(
+        self,
+        body: bytes,
+        exchange: str,
+        routing_key: str,
+        properties: spec.Basic.Properties,
+        mandatory: bool,
+    ) -> None:
+        self.body = body
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.properties = properties
+        self.mandatory = mandatory
+
+
+def _refusal(confirmation: object, message: _Message) -> PublishRejectedError | None:
+    """None for a broker ack; otherwise the rejection it amounts to."""
+    if isinstance(confirmation, spec.Basic.Ack):
+        return None
+    return PublishRejectedError(_nacked(message))
+
+
+def _translated(error: BaseException, message: _Message) -> BaseException:
+    """Record-specific refusals become `PublishRejectedError`; the rest keep their type."""
+    if isinstance(error, aiormq.exceptions.PublishError):
+        reply = getattr(error.frame, "reply_text", "returned")
+        return PublishRejectedError(
+            f"{message.routing_key!r} on exchange {message.exchange!r} is unroutable ({reply})"
+        )
+    if isinstance(error, aiormq.exceptions.DeliveryError):
+        return PublishRejectedError(_nacked(message))
+    if isinstance(error, aiormq.exceptions.ChannelNotFoundEntity):
+        return PublishRejectedError(f"exchange {message.exchange!r} does not exist (NOT_FOUND)")
+    return error
+
+
+def _nacked(message: _Message) -> str:
+    return (
+        f"the broker nacked the message to {message.routing_key!r} on exchange {message.exchange!r}"
+    )
+
+
+def _copy_outcome(outcome: asyncio.Future[None], source: asyncio.Future[None]) -> None:
+    if outcome.done():
+        return
+    if source.cancelled():
+        outcome.cancel()
+    elif (error := source.exception()) is not None:
+        outcome.set_exception(error)
+    else:
+        outcome.set_result(None)

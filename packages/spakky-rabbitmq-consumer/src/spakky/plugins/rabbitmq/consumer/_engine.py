@@ -3,6 +3,7 @@
 import asyncio
 import contextvars
 import enum
+import inspect
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, suppress
@@ -51,6 +52,8 @@ from spakky.plugins.rabbitmq.consumer.interceptor import (
 logger = logging.getLogger(__name__)
 
 _ERROR_TEXT_LIMIT = 1000
+_ACK_WITHOUT_DRAIN = "wait" in inspect.signature(aiormq.Channel.basic_ack).parameters
+"""aiormq 7.2 added ``basic_ack(wait=False)``; older versions always drain."""
 _AMQP_TIMEOUT = 10.0
 _RESUBSCRIBE_FIRST = 0.5
 _RESUBSCRIBE_MAX = 15.0
@@ -642,6 +645,11 @@ async def _ack(message: aiormq.abc.DeliveredMessage) -> None:
     channel = message.channel
     if channel.is_closed:
         return  # the broker requeued it when the channel went; it will come again
+    if _ACK_WITHOUT_DRAIN:
+        # basic.ack has no reply (AMQP 0-9-1 1.8.3.13): waiting for the socket to
+        # drain after each one only costs a writer round per message.
+        await channel.basic_ack(_delivery_tag(message), wait=False)
+        return
     await channel.basic_ack(_delivery_tag(message))
 
 
