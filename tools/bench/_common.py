@@ -88,6 +88,7 @@ def set_broker_env() -> None:
     for name, value in BROKER_ENV.items():
         os.environ.setdefault(name, value)
     os.environ.setdefault("SPAKKY_RABBITMQ__DRAIN_TIMEOUT", "5")
+    os.environ.setdefault("SPAKKY_RABBITMQ__RETRY_DELAYS", "")  # no retry queues to leave behind
 
 
 @immutable

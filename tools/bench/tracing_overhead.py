@@ -199,6 +199,7 @@ async def main(messages: int, rounds: int) -> int:
         "SPAKKY_RABBITMQ__PORT": "5672",
         "SPAKKY_RABBITMQ__USER": "guest",
         "SPAKKY_RABBITMQ__PASSWORD": "guest",
+        "SPAKKY_RABBITMQ__RETRY_DELAYS": "",
     }.items():
         os.environ.setdefault(name, value)
     run = uuid.uuid4().hex[:8]
