@@ -391,9 +391,12 @@ class ConsumerEngine:
     ) -> _Outcome:
         self._begin_message()
         try:
-            with ExitStack() as stack:
-                self._enter_interceptors(stack, inbound, handler, event)
+            if not self._interceptors:
                 await handler.call(event)  # type: ignore[misc]
+            else:
+                with ExitStack() as stack:
+                    self._enter_interceptors(stack, inbound, handler, event)
+                    await handler.call(event)  # type: ignore[misc]
         except MessageRejected as rejected:
             return _Outcome(handler, _SETTLE_OF_ACTION[rejected.action], rejected.reason)
         except Exception as error:
@@ -405,9 +408,12 @@ class ConsumerEngine:
     ) -> _Outcome:
         self._begin_message()
         try:
-            with ExitStack() as stack:
-                self._enter_interceptors(stack, inbound, handler, event)
+            if not self._interceptors:
                 handler.call(event)
+            else:
+                with ExitStack() as stack:
+                    self._enter_interceptors(stack, inbound, handler, event)
+                    handler.call(event)
         except MessageRejected as rejected:
             return _Outcome(handler, _SETTLE_OF_ACTION[rejected.action], rejected.reason)
         except Exception as error:
