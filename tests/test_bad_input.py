@@ -199,3 +199,53 @@ async def test_odd_headers_and_a_large_payload_are_handled(
     assert inbox.events[0].user_id == 9
     assert len(inbox.events[0].email) == len(big_email)
     assert await broker.wait_for_count(unique_name, 0) == 0
+
+
+@pytest.mark.parametrize("kind", ["async-exit", "async-interrupt", "async-cancel", "sync-exit"])
+async def test_handler_raising_base_exceptions_fails_only_that_message(
+    broker_env: Any,
+    event_type: type,
+    unique_name: str,
+    run_app: Any,
+    broker: BrokerAdmin,
+    kind: str,
+) -> None:
+    inbox = Inbox()
+    escape: BaseException = {
+        "async-exit": SystemExit(3),
+        "async-interrupt": KeyboardInterrupt(),
+        "async-cancel": asyncio.CancelledError(),
+        "sync-exit": SystemExit(4),
+    }[kind]
+
+    if kind.startswith("async"):
+
+        @EventHandler()
+        class Escaping:  # pyright: ignore[reportRedeclaration]
+            @on_event(event_type)
+            async def handle(self, event: Any) -> None:
+                if event.user_id == 1:
+                    raise escape
+                inbox.add(event)
+
+    else:
+
+        @EventHandler()
+        class Escaping:
+            @on_event(event_type)
+            def handle(self, event: Any) -> None:
+                if event.user_id == 1:
+                    raise escape
+                inbox.add(event)
+
+    app = await asyncio.to_thread(run_app, Escaping)
+    await broker.publish(unique_name, good_body(1))
+    await broker.publish(unique_name, good_body(2))
+    await inbox.wait()
+
+    assert [event.user_id for event in inbox.events] == [2]
+    assert await broker.wait_for_count(unique_name + ".dlq", 1) == 1
+    dead = await broker.get(unique_name + ".dlq")
+    assert dead is not None
+    assert (dead.header.properties.headers or {})[HEADER_ERROR_TYPE] == "HandlerEscapedError"
+    await asyncio.wait_for(asyncio.to_thread(app.stop), 20)

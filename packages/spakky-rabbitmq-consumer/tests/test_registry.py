@@ -126,6 +126,7 @@ def test_public_names_are_pinned() -> None:
             "HEADER_ORIGINAL_QUEUE",
             "HEADER_REASON",
             "AsyncRabbitMQEventConsumer",
+            "HandlerEscapedError",
             "HandlerInfo",
             "HandlerRegistrationError",
             "IConsumeInterceptor",

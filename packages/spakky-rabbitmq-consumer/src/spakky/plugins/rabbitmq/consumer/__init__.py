@@ -17,6 +17,7 @@ from spakky.plugins.rabbitmq.consumer.consumer import (
     RabbitMQEventConsumer,
 )
 from spakky.plugins.rabbitmq.consumer.errors import (
+    HandlerEscapedError,
     HandlerRegistrationError,
     RabbitMQConsumerError,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "HEADER_ORIGINAL_QUEUE",
     "HEADER_REASON",
     "AsyncRabbitMQEventConsumer",
+    "HandlerEscapedError",
     "HandlerInfo",
     "HandlerRegistrationError",
     "IConsumeInterceptor",

@@ -32,6 +32,7 @@ from spakky.plugins.rabbitmq.config.topology import (
     queue_name,
     retry_queue_name,
 )
+from spakky.plugins.rabbitmq.consumer.errors import HandlerEscapedError
 from spakky.plugins.rabbitmq.consumer.headers import (
     HEADER_ATTEMPT,
     HEADER_DEAD_LETTERED_AT,
@@ -399,8 +400,15 @@ class ConsumerEngine:
                     await handler.call(event)  # type: ignore[misc]
         except MessageRejected as rejected:
             return _Outcome(handler, _SETTLE_OF_ACTION[rejected.action], rejected.reason)
+        except asyncio.CancelledError as error:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the consumer itself is being cancelled (shutdown past the drain)
+            return self._failed(handler, inbound, _escaped(error))
         except Exception as error:
             return self._failed(handler, inbound, error)
+        except BaseException as error:  # SystemExit, KeyboardInterrupt from a handler
+            return self._failed(handler, inbound, _escaped(error))
         return _Outcome(handler, _Settle.DONE)
 
     def _call_sync(
@@ -418,6 +426,8 @@ class ConsumerEngine:
             return _Outcome(handler, _SETTLE_OF_ACTION[rejected.action], rejected.reason)
         except Exception as error:
             return self._failed(handler, inbound, error)
+        except BaseException as error:  # SystemExit, KeyboardInterrupt from a handler
+            return self._failed(handler, inbound, _escaped(error))
         return _Outcome(handler, _Settle.DONE)
 
     def _begin_message(self) -> None:
@@ -605,6 +615,12 @@ class ConsumerEngine:
     async def _delay(self) -> None:
         if self._config.requeue_delay and not self._stopping:
             await asyncio.sleep(self._config.requeue_delay)
+
+
+def _escaped(error: BaseException) -> Exception:
+    escaped = HandlerEscapedError(f"{type(error).__name__}: {error}")
+    escaped.__cause__ = error
+    return escaped
 
 
 class _Undecodable(Exception):

@@ -9,3 +9,8 @@ class RabbitMQConsumerError(RabbitMQError):
 
 class HandlerRegistrationError(RabbitMQConsumerError, ValueError):
     """A handler cannot be registered as asked."""
+
+
+class HandlerEscapedError(RabbitMQConsumerError):
+    """A handler raised a `BaseException` (``SystemExit``, ``KeyboardInterrupt``, a stray
+    ``CancelledError``). It counts as that handler's failure; the consumer carries on."""
