@@ -114,7 +114,7 @@ def test_transports_refuse_use_before_start_and_after_stop(
 
     app.stop()
 
-    with pytest.raises(EventTransportNotRunningError):
+    with pytest.raises(EventTransportNotRunningError, match=r"app\.start\(\)"):
         sync_transport.send("anything", b"{}", {})
     with pytest.raises(EventTransportNotRunningError):
         publisher.publish(event_type(user_id=1, email="x@example.com"))
@@ -310,3 +310,12 @@ def test_stop_from_inside_a_loop_that_published_does_not_hang(
 
     assert time.monotonic() - started < 10
     assert not app.application_context.is_started
+
+
+def test_unknown_vhost_fails_startup_naming_the_setting(
+    broker_env: Any, monkeypatch: pytest.MonkeyPatch, run_app: Any
+) -> None:
+    monkeypatch.setenv("SPAKKY_RABBITMQ__VHOST", f"no-such-vhost-{uuid.uuid4().hex[:6]}")
+
+    with pytest.raises(RabbitMQAuthenticationError, match="SPAKKY_RABBITMQ__VHOST"):
+        run_app()

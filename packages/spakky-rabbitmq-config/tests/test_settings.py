@@ -76,6 +76,13 @@ def test_missing_values_name_the_variables() -> None:
         ("MALFORMED_PAYLOAD_ACTION", "ignore"),
         ("PREFETCH_COUNT", "0"),
         ("RETRY_DELAYS", "1,-5"),
+        ("RETRY_DELAYS", "nan"),
+        ("RETRY_DELAYS", "inf"),
+        ("RETRY_DELAYS", "1e308"),
+        ("HOST", ""),
+        ("EXCHANGE_NAME", ""),
+        ("EXCHANGE_NAME", "amq.direct"),
+        ("SERVICE_NAME", ""),
     ],
 )
 def test_invalid_values_name_the_variable_not_the_password(
@@ -91,15 +98,27 @@ def test_invalid_values_name_the_variable_not_the_password(
     assert caught.value.__cause__ is None
 
 
-def test_bad_url_does_not_echo_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    set_env(monkeypatch, url=f"http://user:{SECRET}@host/")
+URL_SECRET = "hunter2-url-secret"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"http://user:{URL_SECRET}@host/",
+        f"amqp://user:{URL_SECRET}@[::1",
+        f"amqp://user:{URL_SECRET}@host:99999/",
+        f"amqp://user:{URL_SECRET}@/vhost",
+    ],
+)
+def test_bad_url_does_not_echo_credentials(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    set_env(monkeypatch, url=url)
 
     with pytest.raises(RabbitMQConfigurationError) as caught:
         RabbitMQConnectionConfig()
 
     assert "SPAKKY_RABBITMQ__URL" in str(caught.value)
-    assert SECRET not in str(caught.value)
-    assert SECRET not in repr(caught.value)
+    assert URL_SECRET not in str(caught.value)
+    assert URL_SECRET not in repr(caught.value)
 
 
 def test_url_alternative_replaces_the_parts(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -44,4 +44,5 @@ def test_public_names_are_pinned() -> None:
         "RabbitMQDeliveryRejectedError",
         "RabbitMQEventTransport",
         "RabbitMQPublishTimeoutError",
+        "RabbitMQTransportNotRunningError",
     ]

@@ -179,6 +179,17 @@ class RabbitMQConnection:
                 f"({type(error).__name__}); check SPAKKY_RABBITMQ__USER, "
                 "SPAKKY_RABBITMQ__PASSWORD and SPAKKY_RABBITMQ__VHOST"
             ) from None
+        except aiormq.exceptions.InvalidFrameError as error:
+            await _abandon(connection)
+            if "Connection.OpenOk" not in str(error):
+                raise RabbitMQConnectionError(
+                    f"cannot connect to RabbitMQ at {config.safe_url}: {describe_error(error)}"
+                ) from None
+            # The broker answered connection.open with connection.close: NOT_ALLOWED.
+            raise RabbitMQAuthenticationError(
+                f"RabbitMQ at {config.safe_url} refused to open the virtual host (it does not "
+                "exist or the user has no permission on it); check SPAKKY_RABBITMQ__VHOST"
+            ) from None
         except TimeoutError:
             await _abandon(connection)
             raise RabbitMQConnectionError(

@@ -58,6 +58,7 @@ class RabbitMQTopologyMode(StrEnum):
 
 
 DEFAULT_PUBSUB_EXCHANGE = "spakky.events"
+_MAX_RETRY_DELAY = 86_400.0
 
 
 def env_var(field_name: str) -> str:
@@ -84,18 +85,18 @@ class RabbitMQConnectionConfig(BaseSettings):
     """``amqp://`` or ``amqps://`` URL; replaces host, port, user, password, vhost, SSL."""
 
     use_ssl: bool = False
-    host: str | None = None
+    host: str | None = Field(default=None, min_length=1)
     port: int | None = Field(default=None, ge=1, le=65535)
     """Defaults to 5672, or 5671 with SSL."""
 
-    user: str | None = None
+    user: str | None = Field(default=None, min_length=1)
     password: SecretStr | None = None
     vhost: str = "/"
 
-    service_name: str | None = None
+    service_name: str | None = Field(default=None, min_length=1, max_length=120)
     """Pub/sub mode: every service gets its own queue ``<service>.<event>`` per event."""
 
-    exchange_name: str | None = None
+    exchange_name: str | None = Field(default=None, min_length=1, max_length=255)
     """When set, events are published to this exchange with the event name as routing key.
     In pub/sub mode it defaults to ``spakky.events``."""
 
@@ -171,18 +172,31 @@ class RabbitMQConnectionConfig(BaseSettings):
     @field_validator("retry_delays")
     @classmethod
     def _positive_delays(cls, value: tuple[float, ...]) -> tuple[float, ...]:
-        if any(delay <= 0 for delay in value):
-            raise ValueError("every retry delay must be a positive number of seconds")
+        if not all(0 < delay <= _MAX_RETRY_DELAY for delay in value):  # also rejects nan
+            raise ValueError(
+                f"every retry delay must be a number of seconds above 0 and at most "
+                f"{_MAX_RETRY_DELAY:g} (one day)"
+            )
+        return value
+
+    @field_validator("exchange_name", "service_name")
+    @classmethod
+    def _not_reserved(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith("amq."):
+            raise ValueError("names starting with 'amq.' are reserved by RabbitMQ")
         return value
 
     @model_validator(mode="after")
     def _where_to_connect(self) -> Self:
         if self.url is not None:
-            parsed = URL(self.url.get_secret_value())
+            shape = f"{env_var('url')} must look like amqp://user:password@host:5672/vhost"
+            try:
+                parsed = URL(self.url.get_secret_value())
+                _ = parsed.explicit_port  # yarl checks the port's range lazily
+            except ValueError:
+                raise ValueError(shape) from None  # yarl's message could echo the URL
             if parsed.scheme not in ("amqp", "amqps") or not parsed.host:
-                raise ValueError(
-                    f"{env_var('url')} must look like amqp://user:password@host:5672/vhost"
-                )
+                raise ValueError(shape)
             return self
         missing = [
             env_var(name) for name in ("host", "user", "password") if getattr(self, name) is None

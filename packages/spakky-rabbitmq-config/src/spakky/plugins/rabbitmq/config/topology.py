@@ -17,6 +17,7 @@ limit and dead-letter target, so the broker never drops a message by itself.
 """
 
 import asyncio
+import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -35,6 +36,11 @@ from spakky.plugins.rabbitmq.config.settings import (
 )
 
 DEAD_LETTER_SUFFIX = ".dlq"
+
+# What pamqp accepts in queue and exchange names (a subset of what RabbitMQ allows).
+_AMQP_NAME = re.compile(r"[a-zA-Z0-9-_.:@#,/+ ]+")
+_AMQP_NAME_LIMIT = 255
+_RESERVED_SUFFIX = re.compile(r"(\.dlq|\.retry\.[0-9.e+-]+s)$")
 
 _QUEUE_SETTINGS = "SPAKKY_RABBITMQ__QUEUE_TYPE and SPAKKY_RABBITMQ__DELIVERY_LIMIT"
 _EXCHANGE_SETTINGS = "SPAKKY_RABBITMQ__EXCHANGE_TYPE and SPAKKY_RABBITMQ__EXCHANGE_DURABLE"
@@ -134,6 +140,31 @@ def event_name_of(event_type: type[AbstractEvent]) -> str:
     return name
 
 
+def check_event_name(config: RabbitMQConnectionConfig, event_name: str) -> None:
+    """Refuse event names whose queues cannot be declared or would collide.
+
+    Raises:
+        RabbitMQTopologyError: naming the event, what is wrong, and the rule.
+    """
+    if event_name.startswith("amq."):
+        raise RabbitMQTopologyError(
+            f"event name {event_name!r} starts with 'amq.', which RabbitMQ reserves; rename it"
+        )
+    if _RESERVED_SUFFIX.search(event_name):
+        raise RabbitMQTopologyError(
+            f"event name {event_name!r} ends like the plugin's own dead-letter or retry queues "
+            "(.dlq, .retry.<N>s); rename the event"
+        )
+    longest = queue_name(config, event_name) + ".retry." + "9" * 12 + "s"
+    for name in (event_name, longest):
+        if not _AMQP_NAME.fullmatch(name) or len(name.encode()) > _AMQP_NAME_LIMIT:
+            raise RabbitMQTopologyError(
+                f"event name {event_name!r} cannot name a queue: use letters, digits, spaces and "
+                f"- _ . : @ # , / + only, and keep queue names with their suffixes (.dlq, "
+                f".retry.<N>s) within {_AMQP_NAME_LIMIT} bytes"
+            )
+
+
 def queue_name(config: RabbitMQConnectionConfig, event_name: str) -> str:
     """The queue that receives ``event_name``: ``<service>.<event>`` in pub/sub mode."""
     if config.service_name is not None:
@@ -190,6 +221,7 @@ def consumer_topology(config: RabbitMQConnectionConfig, event_name: str) -> Topo
 
 
 def _event_queue_topology(config: RabbitMQConnectionConfig, event_name: str) -> Topology:
+    check_event_name(config, event_name)
     queue = queue_name(config, event_name)
     arguments = _type_arguments(config)
     if config.queue_type is RabbitMQQueueType.QUORUM:

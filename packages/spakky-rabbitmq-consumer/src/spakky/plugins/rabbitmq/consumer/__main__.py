@@ -10,11 +10,15 @@ import os
 import sys
 from importlib import import_module
 
+import aiormq.exceptions
+
 from spakky.plugins.rabbitmq.config.connection import RabbitMQConnection
 from spakky.plugins.rabbitmq.config.errors import RabbitMQError
+from spakky.plugins.rabbitmq.config.publisher import PublishRejectedError
 from spakky.plugins.rabbitmq.config.settings import RabbitMQConnectionConfig, env_var
 from spakky.plugins.rabbitmq.config.topology import declare
 from spakky.plugins.rabbitmq.consumer.dlq import (
+    dead_letter_queue_of,
     list_dead_letters,
     purge_dead_letters,
     replay_dead_letters,
@@ -47,7 +51,9 @@ def parser() -> argparse.ArgumentParser:
             "--queue", required=True, help="event queue (or its .dlq) whose dead letters to use"
         )
     for action in (listing, replay):
-        action.add_argument("--limit", type=int, default=100, help="at most this many (100)")
+        action.add_argument(
+            "--limit", type=_positive, default=100, help="at most this many (default 100)"
+        )
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     purge.add_argument("--yes", action="store_true", help="really delete them")
 
@@ -74,9 +80,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = _settings(arguments)
         return asyncio.run(_run(arguments, config))
-    except RabbitMQError as error:
+    except (RabbitMQError, PublishRejectedError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        print(
+            f"error: the broker has no queue {dead_letter_queue_of(arguments.queue)!r}",
+            file=sys.stderr,
+        )
+        return 2
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
 
 
 def _settings(arguments: argparse.Namespace) -> RabbitMQConnectionConfig:
@@ -94,6 +113,9 @@ def _settings(arguments: argparse.Namespace) -> RabbitMQConnectionConfig:
 
 async def _topology(arguments: argparse.Namespace, config: RabbitMQConnectionConfig) -> int:
     plan = application_topology(config, [import_module(name) for name in arguments.app])
+    if not plan.queues:
+        print(f"no @EventHandler classes in {', '.join(arguments.app)}", file=sys.stderr)
+        return 1
     if arguments.action == "show":
         print(json.dumps(plan.as_dict(), indent=2) if arguments.json else plan.as_text())
         return 0
@@ -119,13 +141,15 @@ async def _run(arguments: argparse.Namespace, config: RabbitMQConnectionConfig) 
                 print(json.dumps(letter.as_dict()))
             else:
                 print(
-                    f"{letter.message_id or '-'}  {letter.reason or '-'}  "
-                    f"{letter.error_type or '-'}: {letter.error_message[:80]}  "
-                    f"handlers={letter.handlers or 'all'}  at={letter.dead_lettered_at or '-'}  "
-                    f"{letter.size} bytes"
+                    _printable(
+                        f"{letter.message_id or '-'}  {letter.reason or '-'}  "
+                        f"{letter.error_type or '-'}: {letter.error_message[:80]}  "
+                        f"handlers={letter.handlers or 'all'}  "
+                        f"at={letter.dead_lettered_at or '-'}  {letter.size} bytes"
+                    )
                 )
         if not arguments.json:
-            print(f"{len(letters)} message(s) shown from {queue}")
+            print(f"{len(letters)} message(s) shown from {dead_letter_queue_of(queue)}")
         return 0
     if arguments.action == "replay":
         replayed = await replay_dead_letters(config, queue, arguments.limit)
@@ -137,6 +161,11 @@ async def _run(arguments: argparse.Namespace, config: RabbitMQConnectionConfig) 
     purged = await purge_dead_letters(config, queue)
     print(f"purged {purged} message(s)")
     return 0
+
+
+def _printable(text: str) -> str:
+    """Header text comes from messages: escape control characters before a terminal sees it."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import aiormq.abc
 from pamqp import commands as spec
 
 from spakky.plugins.rabbitmq.config.connection import RabbitMQConnection
-from spakky.plugins.rabbitmq.config.publisher import ConfirmPublisher
+from spakky.plugins.rabbitmq.config.publisher import ConfirmPublisher, PublishRejectedError
 from spakky.plugins.rabbitmq.config.settings import RabbitMQConnectionConfig
 from spakky.plugins.rabbitmq.config.topology import DEAD_LETTER_SUFFIX, dead_letter_queue_name
 from spakky.plugins.rabbitmq.consumer.headers import (
@@ -101,22 +101,32 @@ async def replay_dead_letters(config: RabbitMQConnectionConfig, queue: str, limi
             )
             properties = spec.Basic.Properties(
                 content_type=original.content_type,
+                content_encoding=original.content_encoding,
+                correlation_id=original.correlation_id,
+                app_id=original.app_id,
                 headers=headers,
                 delivery_mode=2,
                 message_id=original.message_id,
                 timestamp=original.timestamp,
                 message_type=original.message_type,
             )
-            await asyncio.wait_for(
-                publisher.publish(
-                    message.body,
-                    exchange="",
-                    routing_key=target,
-                    properties=properties,
-                    mandatory=True,
-                ),
-                config.confirm_timeout,
-            )
+            try:
+                await asyncio.wait_for(
+                    publisher.publish(
+                        message.body,
+                        exchange="",
+                        routing_key=target,
+                        properties=properties,
+                        mandatory=True,
+                    ),
+                    config.confirm_timeout,
+                )
+            except PublishRejectedError as error:
+                raise PublishRejectedError(
+                    f"message {original.message_id or '-'} could not go back to {target!r} "
+                    f"({error.reason}); it stays in {dlq!r}, and so do the ones after it "
+                    f"({replayed} replayed before it)"
+                ) from None
             await channel.basic_ack(_tag(message))
             replayed += 1
         return replayed

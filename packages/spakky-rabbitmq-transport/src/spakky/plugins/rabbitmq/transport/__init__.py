@@ -13,6 +13,7 @@ from spakky.plugins.rabbitmq.transport.errors import (
     RabbitMQBrokerBlockedError,
     RabbitMQDeliveryRejectedError,
     RabbitMQPublishTimeoutError,
+    RabbitMQTransportNotRunningError,
 )
 from spakky.plugins.rabbitmq.transport.interceptor import (
     IPublishInterceptor,
@@ -33,4 +34,5 @@ __all__ = [
     "RabbitMQDeliveryRejectedError",
     "RabbitMQEventTransport",
     "RabbitMQPublishTimeoutError",
+    "RabbitMQTransportNotRunningError",
 ]

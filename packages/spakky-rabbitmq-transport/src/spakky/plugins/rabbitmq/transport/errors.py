@@ -1,6 +1,6 @@
 """Errors raised by the RabbitMQ event transports."""
 
-from spakky.event.error import EventDeliveryRejectedError
+from spakky.event.error import EventDeliveryRejectedError, EventTransportNotRunningError
 
 from spakky.plugins.rabbitmq.config.errors import RabbitMQConnectionError, RabbitMQError
 
@@ -41,3 +41,16 @@ class RabbitMQBrokerBlockedError(RabbitMQPublishTimeoutError):
             f"the broker is blocking publishers: {alarm} (a RabbitMQ memory or disk alarm; "
             "free resources or raise the watermark)",
         )
+
+
+class RabbitMQTransportNotRunningError(EventTransportNotRunningError, RabbitMQError):
+    """Spakky's `EventTransportNotRunningError`, saying what to do about it."""
+
+    message = (
+        "the RabbitMQ event transport is not running: publish between app.start() and "
+        "app.stop(); a publisher or transport taken from the container before app.start() "
+        "is never started, so take it after start"
+    )
+
+    def __str__(self) -> str:
+        return self.message

@@ -10,7 +10,6 @@ from typing import override
 import aiormq.exceptions
 from spakky.core.pod.annotations.pod import Pod
 from spakky.core.service.interfaces.service import IAsyncService, IService
-from spakky.event.error import EventTransportNotRunningError
 from spakky.event.event_publisher import IAsyncEventTransport, IEventTransport
 
 from spakky.plugins.rabbitmq.config.iothread import IOThread
@@ -21,6 +20,7 @@ from spakky.plugins.rabbitmq.transport.errors import (
     RabbitMQBrokerBlockedError,
     RabbitMQDeliveryRejectedError,
     RabbitMQPublishTimeoutError,
+    RabbitMQTransportNotRunningError,
 )
 from spakky.plugins.rabbitmq.transport.interceptor import IPublishInterceptor
 
@@ -128,7 +128,7 @@ class AsyncRabbitMQEventTransport(IAsyncEventTransport, IAsyncService):
         loop = asyncio.get_running_loop()
         with self._lock:
             if not self._running:
-                raise EventTransportNotRunningError()
+                raise RabbitMQTransportNotRunningError()
             publisher = self._publishers.get(loop)
             if publisher is not None:
                 return publisher
@@ -159,9 +159,9 @@ class AsyncRabbitMQEventTransport(IAsyncEventTransport, IAsyncService):
                 self._publishers[loop] = publisher
         if not running:
             await publisher.close()
-            opening.set_exception(EventTransportNotRunningError())
+            opening.set_exception(RabbitMQTransportNotRunningError())
             opening.exception()
-            raise EventTransportNotRunningError()
+            raise RabbitMQTransportNotRunningError()
         opening.set_result(publisher)
         return publisher
 
@@ -220,7 +220,7 @@ class RabbitMQEventTransport(IEventTransport, IService):
         del partition_key  # RabbitMQ queues keep publish order; there are no partitions
         io, publisher = self._io, self._publisher
         if io is None or publisher is None:
-            raise EventTransportNotRunningError()
+            raise RabbitMQTransportNotRunningError()
         confirmation: concurrent.futures.Future[None] = concurrent.futures.Future()
 
         def start_publish() -> None:
@@ -234,7 +234,7 @@ class RabbitMQEventTransport(IEventTransport, IService):
         try:
             io.call_soon(start_publish)
         except RuntimeError:  # the IO loop closed between the check and the call
-            raise EventTransportNotRunningError() from None
+            raise RabbitMQTransportNotRunningError() from None
         self._pending_list().append((event_name, confirmation))
 
     @override
