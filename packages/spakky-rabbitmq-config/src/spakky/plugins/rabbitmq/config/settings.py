@@ -1,6 +1,7 @@
 """Settings read from ``SPAKKY_RABBITMQ__*`` environment variables."""
 
 from enum import StrEnum
+from urllib.parse import quote
 from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -255,7 +256,11 @@ class RabbitMQConnectionConfig(BaseSettings):
     def safe_url(self) -> str:
         """The connection URL with the password masked, for logs and errors."""
         url = self.amqp_url
-        return str(url.with_password("***") if url.password is not None else url)
+        user = quote(url.user or "", safe="")
+        credentials = f"{user}:***@" if url.password is not None else (f"{user}@" if user else "")
+        port = f":{url.explicit_port}" if url.explicit_port else ""
+        # url.path is what aiormq reads: the vhost with "/" written as %2F (AMQP URI spec).
+        return f"{url.scheme}://{credentials}{url.host}{port}{url.path}"
 
     def __repr__(self) -> str:
         return f"RabbitMQConnectionConfig(url={self.safe_url!r})"
