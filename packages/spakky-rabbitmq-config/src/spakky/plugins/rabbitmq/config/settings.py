@@ -1,8 +1,8 @@
 """Settings read from ``SPAKKY_RABBITMQ__*`` environment variables."""
 
 from enum import StrEnum
-from urllib.parse import quote
 from typing import Annotated, Any, ClassVar, Self
+from urllib.parse import quote
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
