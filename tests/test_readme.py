@@ -1,7 +1,9 @@
+# pyright: reportPrivateUsage=false
 """The README's Python example runs as written."""
 
 import re
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,9 +20,10 @@ def test_readme_usage_example_defines_a_working_service() -> None:
 
     from spakky.event.stereotype.event_handler import EventHandler
 
-    from spakky.plugins.rabbitmq.consumer.registry import _integration_routes  # pyright: ignore[reportPrivateUsage]
+    from spakky.plugins.rabbitmq.consumer.registry import _integration_routes
 
     handler = namespace["WelcomeMail"]
     assert EventHandler.exists(handler)
-    routes = {name: is_async for name, _, is_async in _integration_routes(handler)}  # type: ignore[arg-type]
+    handler_type: Any = handler
+    routes = {name: is_async for name, _, is_async in _integration_routes(handler_type)}
     assert routes == {"send": True, "count": False}

@@ -1,3 +1,4 @@
+# pyright: reportPrivateUsage=false
 """A delivery without consumer or delivery tag raises InvalidMessageError."""
 
 from typing import Any
@@ -7,7 +8,7 @@ from pamqp import commands as spec
 from spakky.event.error import InvalidMessageError
 
 from spakky.plugins.rabbitmq.config import RabbitMQConnectionConfig
-from spakky.plugins.rabbitmq.consumer._engine import ConsumerEngine  # pyright: ignore[reportPrivateUsage]
+from spakky.plugins.rabbitmq.consumer._engine import ConsumerEngine
 
 
 class FakeDelivered:
@@ -28,5 +29,7 @@ async def test_missing_tags_raise_invalid_message(delivery: Any) -> None:
     config = RabbitMQConnectionConfig.from_values(host="h", user="u", password="p")
     engine = ConsumerEngine(config, {}, (), None, role="test")
 
+    message: Any = FakeDelivered(delivery)
+
     with pytest.raises(InvalidMessageError):
-        await engine._on_message(None, FakeDelivered(delivery))  # type: ignore[arg-type]  # pyright: ignore[reportPrivateUsage]
+        await engine._on_message(None, message)  # type: ignore[arg-type]

@@ -1,3 +1,4 @@
+# pyright: reportPrivateUsage=false
 """Handler discovery: integration events only, through decorators and proxies."""
 
 import functools
@@ -13,7 +14,7 @@ import spakky.plugins.rabbitmq.consumer as consumer_package
 from spakky.plugins.rabbitmq.consumer import HandlerRegistrationError, RabbitMQHandlerRegistry
 from spakky.plugins.rabbitmq.consumer.headers import text_headers
 from spakky.plugins.rabbitmq.consumer.interceptor import HandlerInfo
-from spakky.plugins.rabbitmq.consumer.registry import _integration_routes  # pyright: ignore[reportPrivateUsage]
+from spakky.plugins.rabbitmq.consumer.registry import _integration_routes
 
 
 @immutable

@@ -1,3 +1,4 @@
+# pyright: reportPrivateUsage=false
 """The AMQP message_id is the event id, read cheaply from the serialized event."""
 
 import uuid
@@ -7,7 +8,7 @@ from spakky.core.common.mutability import immutable
 from spakky.domain.models.event import AbstractIntegrationEvent
 
 import spakky.plugins.rabbitmq.transport as transport_package
-from spakky.plugins.rabbitmq.transport._publisher import message_id_of  # pyright: ignore[reportPrivateUsage]
+from spakky.plugins.rabbitmq.transport._publisher import message_id_of
 
 
 @immutable

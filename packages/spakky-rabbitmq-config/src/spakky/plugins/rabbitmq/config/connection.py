@@ -7,6 +7,7 @@ import random
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from typing import Any
 
 import aiormq
 import aiormq.abc
@@ -37,13 +38,15 @@ class _AlarmAwareConnection(aiormq.Connection):
 
     async def _Connection__handle_connection_blocked(self, frame: spec.Connection.Blocked) -> None:
         self.blocked_reason = frame.reason or "resource alarm"
-        await super()._Connection__handle_connection_blocked(frame)  # pyright: ignore[reportUnknownMemberType, reportAttributeAccessIssue]
+        parent: Any = super()
+        await parent._Connection__handle_connection_blocked(frame)
 
     async def _Connection__handle_connection_unblocked(
         self, frame: spec.Connection.Unblocked
     ) -> None:
         self.blocked_reason = None
-        await super()._Connection__handle_connection_unblocked(frame)  # pyright: ignore[reportUnknownMemberType, reportAttributeAccessIssue]
+        parent: Any = super()
+        await parent._Connection__handle_connection_unblocked(frame)
 
 
 class RabbitMQConnection:
@@ -164,10 +167,8 @@ class RabbitMQConnection:
             client_properties={"connection_name": self._connection_name()},
         )
         try:
-            await asyncio.wait_for(
-                connection.connect(),  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType]
-                config.connect_timeout,
-            )
+            untyped: Any = connection  # aiormq leaves connect()'s return type open
+            await asyncio.wait_for(untyped.connect(), config.connect_timeout)
         except (
             aiormq.exceptions.AuthenticationError,
             aiormq.exceptions.ProbableAuthenticationError,

@@ -270,11 +270,12 @@ async def declare(
                 passive,
             )
         for queue in topology.queues:
+            arguments: Any = None if passive else queue.arguments  # aiormq's FieldTable type
             await _checked(
                 channel.queue_declare(
                     queue.name,
                     durable=True,
-                    arguments=None if passive else queue.arguments,  # pyright: ignore[reportArgumentType]
+                    arguments=arguments,
                     passive=passive,
                     timeout=timeout,
                 ),
