@@ -14,7 +14,11 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from spakky.event.event_publisher import IAsyncEventPublisher, IAsyncEventTransport
+from spakky.event.event_publisher import (
+    IAsyncEventPublisher,
+    IAsyncEventTransport,
+    IEventTransport,
+)
 from spakky.event.stereotype.event_handler import EventHandler, on_event
 
 from conftest import BrokerAdmin, CuttableProxy, make_event_type
@@ -262,3 +266,53 @@ async def test_deleting_one_queue_does_not_stop_the_other_events(
         await asyncio.sleep(0.05)
 
     assert sorted(received) == ["a2", "b1"]
+
+
+def test_sync_publisher_and_sync_consumer_survive_a_cut(
+    proxy: CuttableProxy,
+    event_type: type,
+    unique_name: str,
+    run_app: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    total, batch = 3000, 250
+    handled = Counter[int]()
+    lock = threading.Lock()
+
+    @EventHandler()
+    class SyncCount:
+        @on_event(event_type)
+        def handle(self, event: Any) -> None:
+            with lock:
+                handled[event.user_id] += 1
+
+    app = run_app(SyncCount)
+    transport = app.container.get(IEventTransport)
+    confirmed: set[int] = set()
+
+    for first in range(0, total, batch):
+        if first == total // 2:
+            proxy.cut(refuse_for=0.5)
+        numbers = range(first, first + batch)
+        for attempt in range(20):
+            try:
+                for n in numbers:
+                    body = {"event_id": f"00000000-0000-4000-8000-{n:012d}", "user_id": n}
+                    transport.send(unique_name, json.dumps(body | {"email": ""}).encode(), {})
+                transport.flush()
+                break
+            except Exception:
+                assert attempt < 19, "publishing never recovered"
+                time.sleep(0.2)
+        confirmed.update(numbers)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not confirmed <= set(handled):
+        time.sleep(0.1)
+
+    lost = confirmed - set(handled)
+    with capsys.disabled():
+        print(
+            f"\n[fault] sync pair, proxy cut x{proxy.cuts}: sent {total}, lost {len(lost)}, "
+            f"duplicates {sum(c - 1 for c in handled.values())}"
+        )
+    assert lost == set()
