@@ -136,3 +136,24 @@ def test_async_publisher_from_callers_own_loops_keeps_one_connection_per_loop(
     seen = received.wait(30)
 
     assert sorted(e.user_id for w, e in seen if w == "async") == list(range(10))
+
+
+async def test_a_burst_larger_than_one_write_arrives_whole_and_in_order(
+    broker_env: dict[str, str], unique_name: str, run_app: Any, broker: BrokerAdmin
+) -> None:
+    # Publishes made before the connection's writer runs share one socket write up to a
+    # size limit; this burst spans many such writes, with a 1 MiB body in the middle.
+    app = await asyncio.to_thread(run_app)
+    transport = app.container.get(AsyncRabbitMQEventTransport)
+    sizes = [10, 4_000, 70_000] * 20 + [1 << 20] + [100, 140_000] * 10
+    payloads = [
+        json.dumps({"seq": seq, "fill": "x" * size}).encode() for seq, size in enumerate(sizes)
+    ]
+
+    for payload in payloads:
+        await transport.send(unique_name, payload, {})
+    await transport.flush()
+
+    assert await broker.wait_for_count(unique_name, len(payloads)) == len(payloads)
+    received = [await broker.get(unique_name) for _ in payloads]
+    assert [message.body if message else None for message in received] == payloads

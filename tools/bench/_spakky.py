@@ -5,8 +5,9 @@ import gc
 import importlib.util
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Awaitable, Callable, Generator
 from contextlib import contextmanager
+from functools import partial
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -268,14 +269,22 @@ async def publishing(admin: Broker, counts: Counts, *, extras: bool = False) -> 
     session = Session(admin, counts, app)
     try:
         if extras:
-            return [await session.async_concurrent(scenario="async_concurrent_extras")]
-        return [
-            await session.async_each(),
-            await session.async_concurrent(),
-            await session.transport_batch(),
-            await session.sync_threads(1),
-            await session.sync_threads(counts.threads),
-        ]
+            scenarios: list[Callable[[], Awaitable[Figure]]] = [
+                partial(session.async_concurrent, scenario="async_concurrent_extras")
+            ]
+        else:
+            scenarios = [
+                session.async_each,
+                session.async_concurrent,
+                session.transport_batch,
+                partial(session.sync_threads, 1),
+                partial(session.sync_threads, counts.threads),
+            ]
+        figures: list[Figure] = []
+        for scenario in scenarios:
+            figures.append(await scenario())
+            await admin.cleanup()  # every scenario starts on a broker without a backlog
+        return figures
     finally:
         await asyncio.to_thread(app.stop)
 

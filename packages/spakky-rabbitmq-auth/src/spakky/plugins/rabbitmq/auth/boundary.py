@@ -3,7 +3,7 @@
 import inspect
 import logging
 from collections.abc import Callable, Generator, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import override
 
 from spakky.auth.constants import (
@@ -44,6 +44,8 @@ from spakky.plugins.rabbitmq.consumer.interceptor import (
 )
 
 logger = logging.getLogger(__name__)
+
+_NOTHING = nullcontext()
 
 SNAPSHOT_HEADERS = (AUTH_CONTEXT_SNAPSHOT_METADATA_KEY, AUTH_CONTEXT_SNAPSHOT_HEADER_KEY)
 """Headers read for the signed snapshot, in order of preference."""
@@ -107,7 +109,11 @@ class RabbitMQAuthBoundary(IConsumeInterceptor, IApplicationContextAware):
     def intercept(
         self, message: InboundMessage, handler: HandlerInfo, event: AbstractEvent
     ) -> AbstractContextManager[None]:
-        return self._guard(message, handler)
+        protected = self.is_protected(handler)
+        auth_context = self._authenticate(message, handler, protected=protected)
+        if auth_context is None:
+            return _NOTHING  # nothing to check and nothing to store: the handler runs as before
+        return self._guard(auth_context, message, handler, protected=protected)
 
     def is_protected(self, handler: HandlerInfo) -> bool:
         """Whether spakky-auth metadata (``@protected``, ``require_*``) guards this handler."""
@@ -118,13 +124,14 @@ class RabbitMQAuthBoundary(IConsumeInterceptor, IApplicationContextAware):
         return known
 
     @contextmanager
-    def _guard(self, message: InboundMessage, handler: HandlerInfo) -> Generator[None]:
-        protected = self.is_protected(handler)
-        auth_context = self._authenticate(message, handler, protected=protected)
-        if auth_context is None:
-            yield  # nothing to check and nothing to store: the handler runs as before
-            return
-
+    def _guard(
+        self,
+        auth_context: AuthContext,
+        message: InboundMessage,
+        handler: HandlerInfo,
+        *,
+        protected: bool,
+    ) -> Generator[None]:
         application_context = self._application_context
         if application_context is None:
             raise self._reject(

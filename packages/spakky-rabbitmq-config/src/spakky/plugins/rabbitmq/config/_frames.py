@@ -3,11 +3,13 @@
 ``Channel.basic_publish`` holds the channel lock until its frames have been written
 and drained, so concurrent publishes go out one by one, each costing a task, a lock
 hand-over and a pass of the connection's writer. `FrameWriter` registers the
-confirmation exactly as ``basic_publish`` does, but joins every publish of one loop
-iteration into one write. It uses aiormq internals (the channel's ``delivery_tag``,
-``confirmations``, ``message_id_delivery_tag``, ``write_queue``, ``_split_body`` and
-``ChannelFrame``), checked against aiormq 7.2.4; `frame_writer_for` returns None for
-any other version or channel, and the caller then uses ``basic_publish``.
+confirmation exactly as ``basic_publish`` does, but joins the publishes that arrive
+before the connection's writer gets to them into one write, and queues the first of
+them at once, so a lone publish waits no extra loop pass. It uses aiormq internals
+(the channel's ``delivery_tag``, ``confirmations``, ``message_id_delivery_tag``,
+``write_queue``, ``_split_body`` and ``ChannelFrame``), checked against aiormq 7.2.4;
+`frame_writer_for` returns None for any other version or channel, and the caller then
+uses ``basic_publish``.
 """
 
 import asyncio
@@ -27,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 _CHECKED_VERSIONS = ("7.2.",)
 _METHOD_CACHE_SIZE = 1024
+_FRAME_LIMIT = 256 * 1024
+"""Bytes after which a frame takes no more messages, to keep single writes moderate."""
 _CHANNEL_FRAME: Any = aiormq.abc.ChannelFrame  # its fields are only partly annotated
 _INTERNALS = (
     "delivery_tag",
@@ -59,8 +63,37 @@ def frame_writer_for(channel: aiormq.abc.AbstractChannel) -> "FrameWriter | None
     return FrameWriter(channel)
 
 
+class _OpenFrame(_CHANNEL_FRAME):  # type: ignore[misc]
+    """A ``ChannelFrame`` that takes more messages until the writer reads its payload.
+
+    The connection's writer reads ``payload`` exactly when it sends the frame;
+    from then on the frame is sealed and later messages go into a new one.
+    """
+
+    should_close = False
+
+    def __init__(self, channel: Any, drain_future: asyncio.Future[None]) -> None:
+        object.__setattr__(self, "drain_future", drain_future)  # a field of the frozen base
+        self._channel = channel
+        self._chunks: list[bytes] = []
+        self.size = 0
+        self.sealed: bytes | None = None
+
+    def add(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self.size += len(chunk)
+
+    @property
+    def payload(self) -> bytes:  # type: ignore[override]
+        if self.sealed is None:
+            # aiormq already failed the confirmations of a closed channel.
+            self.sealed = b"" if self._channel.is_closed else b"".join(self._chunks)
+            self._chunks = []
+        return self.sealed
+
+
 class FrameWriter:
-    """Writes ``basic.publish`` frames of one confirm channel, coalesced per loop iteration.
+    """Writes ``basic.publish`` frames of one confirm channel, coalesced until sent.
 
     Only this writer may publish on its channel: delivery tags are numbered here.
     """
@@ -69,9 +102,8 @@ class FrameWriter:
         self.channel = channel
         self._internal: Any = channel  # the attributes listed in _INTERNALS
         self._loop = asyncio.get_running_loop()
-        self._chunks: list[bytes] = []
-        self._scheduled = False
-        self._backlog: deque[Any] = deque()
+        self._open: _OpenFrame | None = None
+        self._backlog: deque[_OpenFrame] = deque()
         self._pump: asyncio.Task[None] | None = None
         self._methods: dict[tuple[str, str, bool], bytes] = {}
 
@@ -96,7 +128,6 @@ class FrameWriter:
         header = ContentHeader(properties=properties, body_size=len(body))
         parts = [method, pamqp.frame.marshal(header, number)]
         parts += [pamqp.frame.marshal(part, number) for part in channel._split_body(body)]
-        payload = b"".join(parts)
 
         # AMQP 0-9-1 confirms (RabbitMQ extension): the broker numbers published
         # messages from 1 on the channel, so the tag is taken in write order.
@@ -107,11 +138,27 @@ class FrameWriter:
         channel.message_id_delivery_tag[message_id] = tag
         confirmation.add_done_callback(partial(_forget, channel, message_id, tag))
 
-        self._chunks.append(payload)
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self._write)
+        self._frame().add(b"".join(parts))
         return confirmation
+
+    def _frame(self) -> _OpenFrame:
+        frame = self._open
+        if frame is not None and frame.sealed is None and frame.size < _FRAME_LIMIT:
+            return frame
+        # A drain future makes the connection's writer wait for the socket after
+        # this frame, which keeps aiormq's back-pressure; nobody awaits it here.
+        frame = _OpenFrame(self.channel, self._loop.create_future())
+        self._open = frame
+        if not self._backlog:
+            try:
+                self._internal.write_queue.put_nowait(frame)
+                return frame
+            except asyncio.QueueFull:
+                pass
+        self._backlog.append(frame)
+        if self._pump is None or self._pump.done():
+            self._pump = self._loop.create_task(self._drain_backlog())
+        return frame
 
     def _method(self, exchange: str, routing_key: str, mandatory: bool) -> bytes:
         # The basic.publish frame depends only on these three and the channel, and
@@ -124,34 +171,9 @@ class FrameWriter:
             self._methods[exchange, routing_key, mandatory] = method
         return method
 
-    def _write(self) -> None:
-        self._scheduled = False
-        chunks, self._chunks = self._chunks, []
-        if not chunks:
-            return
-        if self.channel.is_closed:
-            return  # aiormq already failed these confirmations when the channel closed
-        # A drain future makes the connection's writer wait for the socket after
-        # this batch, which keeps aiormq's back-pressure; nobody awaits it here.
-        frame = _CHANNEL_FRAME(
-            payload=b"".join(chunks),
-            should_close=False,
-            drain_future=self._loop.create_future(),
-        )
-        queue = self._internal.write_queue
-        if not self._backlog:
-            try:
-                queue.put_nowait(frame)
-                return
-            except asyncio.QueueFull:
-                pass
-        self._backlog.append(frame)
-        if self._pump is None or self._pump.done():
-            self._pump = self._loop.create_task(self._drain_backlog())
-
     async def _drain_backlog(self) -> None:
         # Frames must reach the queue in delivery-tag order, so a full queue
-        # holds every later batch back too.
+        # holds every later frame back too.
         queue = self._internal.write_queue
         while self._backlog:
             await queue.put(self._backlog[0])
@@ -159,6 +181,7 @@ class FrameWriter:
 
     def close(self) -> None:
         """Stop a pending backlog (the channel is closing)."""
+        self._open = None
         self._backlog.clear()
         if self._pump is not None:
             self._pump.cancel()

@@ -31,6 +31,22 @@ class PublishRejectedError(Exception):
         super().__init__(reason)
 
 
+class Outcome(asyncio.Future[None]):
+    """What became of one publish: None once confirmed, or the error.
+
+    ``reply`` is the client's own future for the broker's answer. It settles one
+    loop pass before this one, and by the time a task awaiting ``reply`` wakes up
+    this future is settled too, unless the message had to be sent again: a caller
+    that awaits one message at a time saves a pass by awaiting ``reply`` first.
+    """
+
+    __slots__ = ("reply",)
+
+    def __init__(self, reply: asyncio.Future[Any]) -> None:
+        super().__init__(loop=reply.get_loop())
+        self.reply = reply
+
+
 class ConfirmPublisher:
     """Publishes on one confirm channel of a `RabbitMQConnection`, many messages in flight.
 
@@ -68,7 +84,6 @@ class ConfirmPublisher:
         frames = self._frames
         if frames is None or frames.channel is not self._channel or frames.channel.is_closed:
             return asyncio.ensure_future(self._publish(message, first_attempt=1))
-        outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         confirmation = frames.publish(
             body,
             exchange=exchange,
@@ -76,6 +91,7 @@ class ConfirmPublisher:
             properties=properties,
             mandatory=mandatory,
         )
+        outcome = Outcome(confirmation)
         confirmation.add_done_callback(partial(self._settle, outcome, message))
         return outcome
 

@@ -1,6 +1,8 @@
 """Conversions between Spakky's TraceContext and OpenTelemetry, and the shared span helpers."""
 
 import logging
+import random
+import time
 from importlib.metadata import PackageNotFoundError, version
 
 from opentelemetry import trace
@@ -13,6 +15,12 @@ from spakky.plugins.rabbitmq.tracing.attributes import ERROR_TYPE
 logger = logging.getLogger(__name__)
 
 _INSTRUMENTATION_NAME = "spakky.plugins.rabbitmq.tracing"
+_NO_SDK = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+_GLOBAL_PROVIDER_RECHECK = 0.5
+"""Seconds after which a global SDK set while the application runs starts recording."""
+_TRACE_ID_LIMIT = 1 << 128
+_SPAN_ID_LIMIT = 1 << 64
+_FLAGS = tuple(TraceFlags(value) for value in range(256))
 
 
 class Tracing:
@@ -24,13 +32,26 @@ class Tracing:
         except PackageNotFoundError:
             instrumentation_version = None
         self._provider = provider
+        self._recording = False
+        self._ask_again_at = 0.0
         # Without a provider this is a proxy that records once the application sets an SDK.
         self.tracer = trace.get_tracer(_INSTRUMENTATION_NAME, instrumentation_version, provider)
 
     def is_off(self) -> bool:
         """True while no SDK is configured, so that spans would be no-ops anyway."""
+        if self._recording:
+            return False
+        if self._provider is None:
+            # OpenTelemetry tells whether a global SDK is set only by get_tracer_provider(),
+            # which searches os.environ on every call: ask again at most every so often.
+            now = time.monotonic()
+            if now < self._ask_again_at:
+                return True
+            self._ask_again_at = now + _GLOBAL_PROVIDER_RECHECK
         provider = self._provider if self._provider is not None else trace.get_tracer_provider()
-        return isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+        # OpenTelemetry sets its global provider once, so a real one stays: remember it.
+        self._recording = not isinstance(provider, _NO_SDK)
+        return not self._recording
 
 
 def extract_trace_context(
@@ -42,23 +63,63 @@ def extract_trace_context(
     except Exception:  # a custom propagator must not fail the message
         logger.debug("reading trace headers failed; a new trace starts", exc_info=True)
         return None
-    if context is None or span_context_of(context) is None:
+    if context is None or ids_of(context) is None:
         return None
     return context
 
 
-def span_context_of(context: TraceContext, *, remote: bool = True) -> SpanContext | None:
-    """``context`` as an OpenTelemetry span context, or None when its ids are not valid."""
+def ids_of(context: TraceContext) -> tuple[int, int] | None:
+    """The trace and span ids of ``context`` as numbers, or None when either is not valid."""
     try:
-        span_context = SpanContext(
-            trace_id=int(context.trace_id, 16),
-            span_id=int(context.span_id, 16),
-            is_remote=remote,
-            trace_flags=TraceFlags(context.trace_flags & 0xFF),
-        )
+        trace_id = int(context.trace_id, 16)
+        span_id = int(context.span_id, 16)
     except (TypeError, ValueError):
         return None
-    return span_context if span_context.is_valid else None
+    if 0 < trace_id < _TRACE_ID_LIMIT and 0 < span_id < _SPAN_ID_LIMIT:
+        return trace_id, span_id
+    return None
+
+
+def span_context_of(context: TraceContext, *, remote: bool = True) -> SpanContext | None:
+    """``context`` as an OpenTelemetry span context, or None when its ids are not valid."""
+    ids = ids_of(context)
+    if ids is None:
+        return None
+    return SpanContext(
+        trace_id=ids[0],
+        span_id=ids[1],
+        is_remote=remote,
+        trace_flags=_FLAGS[context.trace_flags & 0xFF],
+    )
+
+
+def child_of(parent: TraceContext | None) -> tuple[TraceContext, SpanContext]:
+    """A new span under ``parent`` (a valid one) or a new trace, in both forms.
+
+    This is what runs for every handler call when no SDK makes spans, so the ids are
+    drawn the way OpenTelemetry's SDK draws them rather than from the OS.
+    """
+    span_id = 0
+    while not span_id:
+        span_id = random.getrandbits(64)
+    if parent is None:
+        trace_id = 0
+        while not trace_id:
+            trace_id = random.getrandbits(128)
+        trace_hex, parent_span_id, flags = format(trace_id, "032x"), None, 1
+    else:
+        trace_hex, parent_span_id, flags = parent.trace_id, parent.span_id, parent.trace_flags
+        trace_id = int(trace_hex, 16)
+    current = TraceContext(
+        trace_id=trace_hex,
+        span_id=format(span_id, "016x"),
+        parent_span_id=parent_span_id,
+        trace_flags=flags,
+    )
+    own = SpanContext(
+        trace_id=trace_id, span_id=span_id, is_remote=False, trace_flags=_FLAGS[flags & 0xFF]
+    )
+    return current, own
 
 
 def trace_context_of(span_context: SpanContext, parent_span_id: str | None) -> TraceContext:

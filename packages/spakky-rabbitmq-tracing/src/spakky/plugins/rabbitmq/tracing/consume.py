@@ -22,6 +22,7 @@ from spakky.plugins.rabbitmq.consumer.interceptor import (
 from spakky.plugins.rabbitmq.tracing import attributes as attr
 from spakky.plugins.rabbitmq.tracing._otel import (
     Tracing,
+    child_of,
     extract_trace_context,
     record_failure,
     span_context_of,
@@ -69,10 +70,9 @@ class TracingConsumeInterceptor(IConsumeInterceptor):
             span, current = self._start_span(message, handler, parent)
 
         if span is None or current is None:
-            # No SDK: Spakky makes the ids, and OpenTelemetry sees them as the current span.
-            current = parent.child() if parent is not None else TraceContext.new_root()
-            own = span_context_of(current, remote=False)
-            span = NonRecordingSpan(own) if own is not None else INVALID_SPAN
+            # No SDK: the ids are made here, and OpenTelemetry sees them as the current span.
+            current, own = child_of(parent)
+            span = NonRecordingSpan(own)
 
         token = otel_context.attach(trace.set_span_in_context(span, Context()))
         TraceContext.set(current)

@@ -4,6 +4,7 @@ import asyncio
 import json
 import logging
 from datetime import UTC, datetime
+from functools import partial
 
 from pamqp import commands as spec
 
@@ -15,7 +16,11 @@ from spakky.plugins.rabbitmq.config.topology import (
     exchange_topology,
     publisher_topology,
 )
-from spakky.plugins.rabbitmq.transport.interceptor import IPublishInterceptor, OutboundMessage
+from spakky.plugins.rabbitmq.transport.interceptor import (
+    IPublishInterceptor,
+    OutboundMessage,
+    PublishCompletion,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -90,19 +95,24 @@ class LoopPublisher:
     ) -> asyncio.Future[None]:
         """Start publishing one event; the future resolves on the broker's confirm."""
         declared = self._declared.get(event_name)
-        if declared is None or (declared.done() and declared.exception() is not None):
+        if declared is None or (
+            declared.done() and (declared.cancelled() or declared.exception() is not None)
+        ):
             declared = asyncio.ensure_future(self._declare(event_name))
             self._declared[event_name] = declared
         message_id = message_id_of(payload)
+        completions: list[PublishCompletion] = []
         if self._interceptors:
-            return asyncio.ensure_future(
-                self._intercepted(declared, event_name, message_id, payload, headers)
-            )
+            headers, completions = self._intercept(event_name, message_id, payload, headers)
         if declared.done():
-            return self._publish(event_name, message_id, payload, headers)
-        return asyncio.ensure_future(
-            self._after(declared, event_name, message_id, payload, headers)
-        )
+            outcome = self._publish(event_name, message_id, payload, headers)
+        else:
+            outcome = asyncio.ensure_future(
+                self._after(declared, event_name, message_id, payload, headers)
+            )
+        if completions:
+            outcome.add_done_callback(partial(_complete, completions))
+        return outcome
 
     def _publish(
         self, event_name: str, message_id: str, payload: bytes, headers: dict[str, str]
@@ -134,14 +144,10 @@ class LoopPublisher:
         await declared
         await self._publish(event_name, message_id, payload, headers)
 
-    async def _intercepted(
-        self,
-        declared: asyncio.Future[None],
-        event_name: str,
-        message_id: str,
-        payload: bytes,
-        headers: dict[str, str],
-    ) -> None:
+    def _intercept(
+        self, event_name: str, message_id: str, payload: bytes, headers: dict[str, str]
+    ) -> tuple[dict[str, str], list[PublishCompletion]]:
+        """Show the message to every interceptor; returns its headers and their callbacks."""
         message = OutboundMessage(
             event_name=event_name,
             exchange=self._exchange,
@@ -150,21 +156,16 @@ class LoopPublisher:
             body=payload,
             headers=dict(headers),
         )
-        completions = [
-            completion
-            for interceptor in self._interceptors
-            if (completion := interceptor.before_publish(message)) is not None
-        ]
-        error: BaseException | None = None
+        completions: list[PublishCompletion] = []
         try:
-            await declared
-            await self._publish(event_name, message_id, payload, message.headers)
-        except BaseException as failure:
-            error = failure
+            for interceptor in self._interceptors:
+                completion = interceptor.before_publish(message)
+                if completion is not None:
+                    completions.append(completion)
+        except BaseException as error:  # the contract says they must not; nothing is sent
+            _call_all(completions, error)
             raise
-        finally:
-            for completion in completions:
-                completion(error)
+        return message.headers, completions
 
     async def _declare(self, event_name: str) -> None:
         await declare(self._connection, self._config, publisher_topology(self._config, event_name))
@@ -172,3 +173,16 @@ class LoopPublisher:
     async def _forget_topology(self) -> None:
         self._declared.clear()
         await declare(self._connection, self._config, exchange_topology(self._config))
+
+
+def _complete(completions: list[PublishCompletion], outcome: asyncio.Future[None]) -> None:
+    error = asyncio.CancelledError() if outcome.cancelled() else outcome.exception()
+    _call_all(completions, error)
+
+
+def _call_all(completions: list[PublishCompletion], error: BaseException | None) -> None:
+    for completion in completions:
+        try:
+            completion(error)
+        except Exception:  # telemetry never changes delivery
+            logger.warning("a publish interceptor's completion failed", exc_info=True)

@@ -13,7 +13,7 @@ from spakky.core.service.interfaces.service import IAsyncService, IService
 from spakky.event.event_publisher import IAsyncEventTransport, IEventTransport
 
 from spakky.plugins.rabbitmq.config.iothread import IOThread
-from spakky.plugins.rabbitmq.config.publisher import PublishRejectedError
+from spakky.plugins.rabbitmq.config.publisher import Outcome, PublishRejectedError
 from spakky.plugins.rabbitmq.config.settings import RabbitMQConnectionConfig
 from spakky.plugins.rabbitmq.transport._publisher import LoopPublisher
 from spakky.plugins.rabbitmq.transport.errors import (
@@ -267,26 +267,35 @@ async def _await_confirms(futures: list[asyncio.Future[None]], timeout: float) -
 
     Awaiting the futures one after another wakes this task once per future that is
     still pending, and not at all for settled ones: fewer loop passes than
-    ``asyncio.wait``, which matters when each publish is awaited on its own.
+    ``asyncio.wait``, which matters when each publish is awaited on its own. For the
+    same reason an `Outcome` is awaited through its ``reply``, which settles sooner.
     """
     try:
         async with asyncio.timeout(timeout):
             for future in futures:
                 if future.done():
                     continue
-                try:
-                    await future
-                except asyncio.CancelledError:
-                    task = asyncio.current_task()
-                    if task is not None and task.cancelling():
-                        raise  # our own cancellation (or the timeout's), not the future's
-                except Exception:
-                    pass  # read from the future by _raise_outcome
+                if isinstance(future, Outcome) and not future.reply.done():
+                    await _settled(future.reply)
+                if not future.done():
+                    await _settled(future)
     except TimeoutError:
         pass
     for future in futures:
         if not future.done():
             future.cancel()
+
+
+async def _settled(future: asyncio.Future[object] | asyncio.Future[None]) -> None:
+    """Wait for ``future``; its own error or cancellation is read later, not raised here."""
+    try:
+        await future
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # our own cancellation (or the timeout's), not the future's
+    except Exception:
+        pass
 
 
 def _raise_outcome(
