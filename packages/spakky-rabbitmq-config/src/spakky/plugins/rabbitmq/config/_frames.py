@@ -54,6 +54,17 @@ def _aiormq_checked() -> bool:
 _ENABLED = _aiormq_checked()
 
 
+def is_closing(channel: aiormq.abc.AbstractChannel) -> bool:
+    """True once the channel is closed or the broker's ``channel.close`` for it arrived.
+
+    aiormq queues its ``close-ok`` as soon as the broker's ``channel.close`` arrives, but
+    counts the channel as closed only a few loop passes later. A publish written in
+    between goes out on a channel number the broker has freed, and the broker answers
+    by closing the whole connection (CHANNEL_ERROR).
+    """
+    return channel.is_closed or getattr(channel, "_close_exception", None) is not None
+
+
 def frame_writer_for(channel: aiormq.abc.AbstractChannel) -> "FrameWriter | None":
     """A `FrameWriter` for this confirm channel, or None to use ``basic_publish``."""
     if not _ENABLED or not getattr(channel, "publisher_confirms", False):
@@ -86,8 +97,8 @@ class _OpenFrame(_CHANNEL_FRAME):  # type: ignore[misc]
     @property
     def payload(self) -> bytes:  # type: ignore[override]
         if self.sealed is None:
-            # aiormq already failed the confirmations of a closed channel.
-            self.sealed = b"" if self._channel.is_closed else b"".join(self._chunks)
+            # aiormq fails the confirmations of a closing channel; they are sent again.
+            self.sealed = b"" if is_closing(self._channel) else b"".join(self._chunks)
             self._chunks = []
         return self.sealed
 

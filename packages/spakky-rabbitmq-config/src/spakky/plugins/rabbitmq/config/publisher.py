@@ -9,7 +9,7 @@ import aiormq.abc
 import aiormq.exceptions
 from pamqp import commands as spec
 
-from spakky.plugins.rabbitmq.config._frames import FrameWriter, frame_writer_for
+from spakky.plugins.rabbitmq.config._frames import FrameWriter, frame_writer_for, is_closing
 from spakky.plugins.rabbitmq.config.connection import RabbitMQConnection
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class ConfirmPublisher:
         """Start publishing ``body``; the returned future resolves on the broker's confirm."""
         message = _Message(body, exchange, routing_key, properties, mandatory)
         frames = self._frames
-        if frames is None or frames.channel is not self._channel or frames.channel.is_closed:
+        if frames is None or frames.channel is not self._channel or is_closing(frames.channel):
             return asyncio.ensure_future(self._publish(message, first_attempt=1))
         confirmation = frames.publish(
             body,
@@ -117,11 +117,11 @@ class ConfirmPublisher:
 
     async def _publish(self, message: "_Message", *, first_attempt: int) -> None:
         for attempt in range(first_attempt, _ATTEMPTS + 1):
-            channel = self._channel
-            if channel is None or channel.is_closed:
-                channel = await self._ready_channel()
-            frames = self._frames
             try:
+                channel = self._channel
+                if channel is None or is_closing(channel):
+                    channel = await self._ready_channel()
+                frames = self._frames
                 if frames is not None and frames.channel is channel:
                     confirmation = await frames.publish(
                         message.body,
@@ -166,7 +166,7 @@ class ConfirmPublisher:
 
     async def _ready_channel(self) -> aiormq.abc.AbstractChannel:
         channel = self._channel
-        if channel is not None and not channel.is_closed:
+        if channel is not None and not is_closing(channel):
             return channel
         if self._opening is None or self._opening.done():
             self._opening = asyncio.ensure_future(self._open_channel())
@@ -176,7 +176,7 @@ class ConfirmPublisher:
         if not self._connection.is_open:
             await self._connection.ready(self._ready_timeout)
             channel = self._channel
-            if channel is not None and not channel.is_closed:
+            if channel is not None and not is_closing(channel):
                 return channel  # the reconnect listener opened it meanwhile
         return self._use(await self._connection.channel(confirms=True))
 

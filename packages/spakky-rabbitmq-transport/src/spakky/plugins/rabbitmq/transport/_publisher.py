@@ -6,6 +6,7 @@ import logging
 from datetime import UTC, datetime
 from functools import partial
 
+import aiormq.exceptions
 from pamqp import commands as spec
 
 from spakky.plugins.rabbitmq.config.connection import RabbitMQConnection
@@ -27,6 +28,9 @@ logger = logging.getLogger(__name__)
 _EVENT_ID_PREFIX = b'{"event_id":"'
 _UUID_LENGTH = 36
 _PERSISTENT = 2
+_DECLARE_ATTEMPTS = 5
+_CONNECTION_LOST = (ConnectionError, aiormq.exceptions.ChannelInvalidStateError)
+"""Errors of a declaration whose connection went (aiormq's AMQPConnectionError is one)."""
 
 
 def message_id_of(payload: bytes) -> str:
@@ -94,12 +98,7 @@ class LoopPublisher:
         self, event_name: str, payload: bytes, headers: dict[str, str]
     ) -> asyncio.Future[None]:
         """Start publishing one event; the future resolves on the broker's confirm."""
-        declared = self._declared.get(event_name)
-        if declared is None or (
-            declared.done() and (declared.cancelled() or declared.exception() is not None)
-        ):
-            declared = asyncio.ensure_future(self._declare(event_name))
-            self._declared[event_name] = declared
+        declared = self._declaration(event_name)
         message_id = message_id_of(payload)
         completions: list[PublishCompletion] = []
         if self._interceptors:
@@ -107,9 +106,7 @@ class LoopPublisher:
         if declared.done():
             outcome = self._publish(event_name, message_id, payload, headers)
         else:
-            outcome = asyncio.ensure_future(
-                self._after(declared, event_name, message_id, payload, headers)
-            )
+            outcome = asyncio.ensure_future(self._after(event_name, message_id, payload, headers))
         if completions:
             outcome.add_done_callback(partial(_complete, completions))
         return outcome
@@ -134,15 +131,30 @@ class LoopPublisher:
         )
 
     async def _after(
-        self,
-        declared: asyncio.Future[None],
-        event_name: str,
-        message_id: str,
-        payload: bytes,
-        headers: dict[str, str],
+        self, event_name: str, message_id: str, payload: bytes, headers: dict[str, str]
     ) -> None:
-        await declared
+        for attempt in range(1, _DECLARE_ATTEMPTS + 1):
+            try:
+                # Shielded: the declaration is shared by every publish of this event.
+                await asyncio.shield(self._declaration(event_name))
+                break
+            except _CONNECTION_LOST:
+                if attempt == _DECLARE_ATTEMPTS:
+                    raise
+                # The connection went while declaring: declare again once it is back
+                # (the wait is bounded by RECONNECT_TIMEOUT), like any other publish.
+                await self._connection.ready(self._config.reconnect_timeout)
         await self._publish(event_name, message_id, payload, headers)
+
+    def _declaration(self, event_name: str) -> asyncio.Future[None]:
+        """The declaration of ``event_name``'s topology: done, under way, or started now."""
+        declared = self._declared.get(event_name)
+        if declared is None or (
+            declared.done() and (declared.cancelled() or declared.exception() is not None)
+        ):
+            declared = asyncio.ensure_future(self._declare(event_name))
+            self._declared[event_name] = declared
+        return declared
 
     def _intercept(
         self, event_name: str, message_id: str, payload: bytes, headers: dict[str, str]
