@@ -78,6 +78,36 @@ def rate_figure(
     return figure
 
 
+SLICES = 10
+"""Slices into which the one-at-a-time scenarios are cut to alternate with their baseline."""
+
+
+@dataclass(slots=True)
+class Tally:
+    """Messages, wall time and CPU time of one scenario, summed over the slices it ran in."""
+
+    sent: int = 0
+    seconds: float = 0.0
+    cpu: float = 0.0
+    _started: float = 0.0
+    _cpu_started: float = 0.0
+
+    def start(self) -> None:
+        """Begin timing a slice."""
+        self._started, self._cpu_started = time.perf_counter(), time.process_time()
+
+    def stop(self, sent: int) -> None:
+        """End the slice begun by `start`, in which ``sent`` messages went."""
+        self.seconds += time.perf_counter() - self._started
+        self.cpu += time.process_time() - self._cpu_started
+        self.sent += sent
+
+    def figure(self, scenario: str, expected: int) -> Figure:
+        """The rate over all slices."""
+        timed_out = self.sent < expected
+        return rate_figure(scenario, self.sent, self.seconds, timed_out=timed_out, cpu=self.cpu)
+
+
 def unique_name(scenario: str) -> str:
     """A queue name no other run uses, so runs never collide and leftovers are obvious."""
     return f"bench-{scenario}-{uuid.uuid4().hex[:8]}"

@@ -18,6 +18,7 @@ from tools.bench._common import (
     Counts,
     Deadline,
     Figure,
+    Tally,
     make_event_type,
     make_events,
     payloads_of,
@@ -139,29 +140,61 @@ async def pipelined(admin: Broker, counts: Counts) -> Figure:
     return rate_figure("raw_pipelined", sent, elapsed, timed_out=sent < len(payloads), cpu=cpu)
 
 
+class EachConfirm:
+    """Raw aiormq publishing one message at a time, awaiting each confirm.
+
+    It runs in slices, so that a Spakky scenario can alternate with it: the broker's
+    confirm latency for persistent messages (a disk sync) drifts over seconds, and
+    alternating slices puts both sides under the same drift.
+    """
+
+    def __init__(self, admin: Broker, counts: Counts, *, persistent: bool) -> None:
+        self.kind = "persistent" if persistent else "transient"
+        self._admin = admin
+        self._count = counts.each
+        self._mode = _PERSISTENT if persistent else _TRANSIENT
+        self._deadline = Deadline(counts.timeout)
+        self._tally = Tally()
+        self._queue = ""
+        self._payloads: list[bytes] = []
+        self._channel: aiormq.abc.AbstractChannel | None = None
+
+    async def open(self) -> None:
+        """Declare the queue and open the confirm channel."""
+        self._queue = await self._admin.queue(f"raw-each-{self.kind}")
+        self._payloads = _payloads(self._queue, self._count)
+        self._channel = await self._admin.connection.channel(publisher_confirms=True)
+
+    async def run(self, count: int) -> None:
+        """Publish the next ``count`` messages (fewer at the end or past the time bound)."""
+        assert self._channel is not None, "open() first"
+        start = self._tally.sent
+        chunk = self._payloads[start : start + count]
+        self._tally.start()
+        sent = 0
+        for body in chunk:
+            if self._deadline.passed:
+                break
+            properties = _properties(str(start + sent), self._mode)
+            await self._channel.basic_publish(
+                body, routing_key=self._queue, properties=properties, mandatory=True
+            )
+            sent += 1
+        self._tally.stop(sent)
+
+    async def close(self) -> Figure:
+        """Close the channel; the figure over every slice run."""
+        if self._channel is not None:
+            await self._channel.close()
+        return self._tally.figure(f"raw_each_{self.kind}", self._count)
+
+
 async def each_confirm(admin: Broker, counts: Counts, *, persistent: bool) -> Figure:
-    """Publish one message and await its confirm before the next."""
-    kind = "persistent" if persistent else "transient"
-    queue = await admin.queue(f"raw-each-{kind}")
-    payloads = _payloads(queue, counts.each)
-    channel = await admin.connection.channel(publisher_confirms=True)
-    mode = _PERSISTENT if persistent else _TRANSIENT
-    deadline = Deadline(counts.timeout)
-
-    started, cpu = time.perf_counter(), time.process_time()
-    sent = 0
-    for body in payloads:
-        if deadline.passed:
-            break
-        await channel.basic_publish(
-            body, routing_key=queue, properties=_properties(str(sent), mode), mandatory=True
-        )
-        sent += 1
-    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-
-    await channel.close()
-    timed_out = sent < len(payloads)
-    return rate_figure(f"raw_each_{kind}", sent, elapsed, timed_out=timed_out, cpu=cpu)
+    """Publish one message and await its confirm before the next, in one go."""
+    raw = EachConfirm(admin, counts, persistent=persistent)
+    await raw.open()
+    await raw.run(counts.each)
+    return await raw.close()
 
 
 class _Receiver:

@@ -22,10 +22,12 @@ from spakky.event.event_publisher import (
 from spakky.event.stereotype.event_handler import EventHandler, on_event
 
 from tools.bench._common import (
+    SLICES,
     BenchEvent,
     Counts,
     Deadline,
     Figure,
+    Tally,
     make_event_type,
     make_events,
     payloads_of,
@@ -33,7 +35,7 @@ from tools.bench._common import (
     rss_bytes,
     unique_name,
 )
-from tools.bench._raw import Broker, latency_figure, memory_figure, span_figure
+from tools.bench._raw import Broker, EachConfirm, latency_figure, memory_figure, span_figure
 from tools.demo.app import NoDatabaseAsyncTransaction, NoDatabaseTransaction
 
 EXTRA_MODULES = ("spakky.plugins.rabbitmq.tracing", "spakky.plugins.rabbitmq.auth")
@@ -161,36 +163,54 @@ class Session:
         await publisher.publish(make_events(event_type, 1)[0])
         return publisher
 
-    async def async_each(self) -> Figure:
-        """``await publisher.publish(event)`` one at a time."""
+    async def async_each(self, raw: EachConfirm | None = None) -> Figure:
+        """``await publisher.publish(event)`` one at a time, in slices alternating with ``raw``."""
         event_type = self._event_type("async-each")
         publisher = await self._warm(event_type)
         events = make_events(event_type, self.counts.each)
         deadline = Deadline(self.counts.timeout)
+        size = -(-len(events) // SLICES)
 
-        started, cpu = time.perf_counter(), time.process_time()
-        sent = 0
-        for event in events:
-            if deadline.passed:
-                break
-            await publisher.publish(event)
-            sent += 1
-        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        tally = Tally()
+        for start in range(0, len(events), size):
+            if raw is not None:
+                await raw.run(size)
+            tally.start()
+            sent = 0
+            for event in events[start : start + size]:
+                if deadline.passed:
+                    break
+                await publisher.publish(event)
+                sent += 1
+            tally.stop(sent)
+        return tally.figure("async_each", len(events))
 
-        return rate_figure("async_each", sent, elapsed, timed_out=sent < len(events), cpu=cpu)
+    async def async_concurrent(self, twin: "Session | None" = None) -> list[Figure]:
+        """``asyncio.gather`` of ``batch`` publishes at a time.
 
-    async def async_concurrent(self, *, scenario: str = "async_concurrent") -> Figure:
-        """``asyncio.gather`` of ``batch`` publishes at a time."""
-        event_type = self._event_type(scenario.replace("_", "-"))
-        publisher = await self._warm(event_type)
-        events = make_events(event_type, self.counts.pipelined)
+        With a ``twin`` (the same application with tracing and auth), the batches go to
+        the two in turn, so that both see the same broker, and each gets its own figure.
+        """
+        sides: list[tuple[Session, str]] = [(self, "async_concurrent")]
+        if twin is not None:
+            sides.append((twin, "async_concurrent_extras"))
+        runs: list[tuple[str, IAsyncEventPublisher, list[BenchEvent], Tally]] = []
+        for session, scenario in sides:
+            event_type = session._event_type(scenario.replace("_", "-"))
+            publisher = await session._warm(event_type)
+            events = make_events(event_type, self.counts.pipelined)
+            runs.append((scenario, publisher, events, Tally()))
         deadline = Deadline(self.counts.timeout)
 
-        started, cpu = time.perf_counter(), time.process_time()
-        sent = await _gather_publish(publisher, events, self.counts.batch, deadline)
-        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-
-        return rate_figure(scenario, sent, elapsed, timed_out=sent < len(events), cpu=cpu)
+        for start in range(0, self.counts.pipelined, self.counts.batch):
+            if deadline.passed:
+                break
+            for _, publisher, events, tally in runs:
+                chunk = events[start : start + self.counts.batch]
+                tally.start()
+                await asyncio.gather(*(publisher.publish(event) for event in chunk))
+                tally.stop(len(chunk))
+        return [tally.figure(scenario, self.counts.pipelined) for scenario, _, _, tally in runs]
 
     async def transport_batch(self) -> Figure:
         """An outbox relay: ``send`` a batch of serialized events, then one ``flush``."""
@@ -263,30 +283,49 @@ async def _gather_publish(
     return sent
 
 
-async def publishing(admin: Broker, counts: Counts, *, extras: bool = False) -> list[Figure]:
-    """Every publish scenario on one application, started and stopped off the loop."""
-    app = await asyncio.to_thread(start_app, extras=extras)
+async def publishing(
+    admin: Broker, counts: Counts, *, extras: bool = False, with_raw: bool = False
+) -> list[Figure]:
+    """Every publish scenario on one application, started and stopped off the loop.
+
+    With ``with_raw``, the raw aiormq one-at-a-time baseline runs in slices alternating
+    with ``async_each``; with ``extras``, a second application with tracing and auth
+    alternates with the first in ``async_concurrent``.
+    """
+    app = await asyncio.to_thread(start_app)
+    twin_app = await asyncio.to_thread(start_app, extras=True) if extras else None
     session = Session(admin, counts, app)
+    twin = Session(admin, counts, twin_app) if twin_app is not None else None
+    each_baseline = EachConfirm(admin, counts, persistent=True) if with_raw else None
     try:
-        if extras:
-            scenarios: list[Callable[[], Awaitable[Figure]]] = [
-                partial(session.async_concurrent, scenario="async_concurrent_extras")
-            ]
-        else:
-            scenarios = [
-                session.async_each,
-                session.async_concurrent,
-                session.transport_batch,
-                partial(session.sync_threads, 1),
-                partial(session.sync_threads, counts.threads),
-            ]
         figures: list[Figure] = []
+        if each_baseline is not None:
+            await each_baseline.open()
+        figures.append(await session.async_each(each_baseline))
+        if each_baseline is not None:
+            figures.append(await each_baseline.close())
+        scenarios: list[Callable[[], Awaitable[list[Figure]]]] = [
+            partial(session.async_concurrent, twin),
+            _listed(session.transport_batch),
+            _listed(partial(session.sync_threads, 1)),
+            _listed(partial(session.sync_threads, counts.threads)),
+        ]
         for scenario in scenarios:
-            figures.append(await scenario())
             await admin.cleanup()  # every scenario starts on a broker without a backlog
+            figures += await scenario()
+        await admin.cleanup()
         return figures
     finally:
         await asyncio.to_thread(app.stop)
+        if twin_app is not None:
+            await asyncio.to_thread(twin_app.stop)
+
+
+def _listed(scenario: Callable[[], Awaitable[Figure]]) -> Callable[[], Awaitable[list[Figure]]]:
+    async def run() -> list[Figure]:
+        return [await scenario()]
+
+    return run
 
 
 async def consume(admin: Broker, counts: Counts, *, is_async: bool, extras: bool = False) -> Figure:
