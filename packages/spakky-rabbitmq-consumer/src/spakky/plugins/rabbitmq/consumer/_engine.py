@@ -5,7 +5,6 @@ import contextvars
 import enum
 import inspect
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +31,7 @@ from spakky.plugins.rabbitmq.config.topology import (
     queue_name,
     retry_queue_name,
 )
+from spakky.plugins.rabbitmq.consumer._threads import HandlerThreads
 from spakky.plugins.rabbitmq.consumer.errors import HandlerEscapedError
 from spakky.plugins.rabbitmq.consumer.headers import (
     HEADER_ATTEMPT,
@@ -126,7 +126,7 @@ class ConsumerEngine:
         ]
         self._connection: RabbitMQConnection | None = None
         self._publisher: ConfirmPublisher | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._threads: HandlerThreads[_Outcome] | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._watchers: set[asyncio.Task[Any]] = set()
         self._stopping = False
@@ -149,9 +149,9 @@ class ConsumerEngine:
             not handler.is_async for sub in self._subscriptions for handler in sub.handlers
         )
         if sync_handlers:
-            self._executor = ThreadPoolExecutor(
-                max_workers=min(64, self._config.concurrency * len(self._subscriptions)),
-                thread_name_prefix=f"spakky-rabbitmq-{self._role}",
+            self._threads = HandlerThreads(
+                min(64, self._config.concurrency * len(self._subscriptions)),
+                f"spakky-rabbitmq-{self._role}",
             )
         try:
             for subscription in self._subscriptions:
@@ -188,9 +188,9 @@ class ConsumerEngine:
                     task.cancel()
                 await asyncio.wait(late, timeout=1.0)
         await self._close_connection()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        if self._threads is not None:
+            self._threads.shutdown()
+            self._threads = None
 
     def _subscription(
         self, event_type: type[AbstractEvent], handlers: list[HandlerInfo]
@@ -381,10 +381,10 @@ class ConsumerEngine:
     ) -> _Outcome:
         if handler.is_async:
             return await self._call_async(handler, event, inbound)
-        assert self._executor is not None
+        assert self._threads is not None
         context = contextvars.copy_context()
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, lambda: context.run(self._call_sync, handler, event, inbound)
+        return await self._threads.run(
+            lambda: context.run(self._call_sync, handler, event, inbound)
         )
 
     async def _call_async(
