@@ -61,7 +61,8 @@ async def _round(counts: Counts, groups: set[str], *, extras: bool, number: int)
         if "publish" in groups:
             figures += await _spakky.publishing(admin, counts, extras=extras, with_raw=raw)
 
-        if raw and "consume" in groups:
+        raw_consume_last = number % 2 == 0  # consuming, too, alternates who goes first
+        if raw and "consume" in groups and not raw_consume_last:
             figures.append(await _raw.consume(admin, counts))
         if "consume" in groups:
             if extras_first:
@@ -70,6 +71,8 @@ async def _round(counts: Counts, groups: set[str], *, extras: bool, number: int)
             if extras and not extras_first:
                 figures.append(await _spakky.consume(admin, counts, is_async=True, extras=True))
             figures.append(await _spakky.consume(admin, counts, is_async=False))
+        if raw and "consume" in groups and raw_consume_last:
+            figures.append(await _raw.consume(admin, counts))
 
         if raw and "flow" in groups:
             figures.append(await _raw.end_to_end(admin, counts))

@@ -30,7 +30,7 @@ class Counts:
     sync: int = 2_000
     threads: int = 4
     batch: int = 500
-    consume: int = 10_000
+    consume: int = 20_000
     latency: int = 3_000
     rate: float = 1_000.0
     memory: int = 20_000

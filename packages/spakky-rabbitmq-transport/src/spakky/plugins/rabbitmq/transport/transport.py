@@ -2,9 +2,9 @@
 
 import asyncio
 import concurrent.futures
-import contextvars
 import logging
 import threading
+import weakref
 from typing import override
 
 import aiormq.exceptions
@@ -50,9 +50,12 @@ class AsyncRabbitMQEventTransport(IAsyncEventTransport, IAsyncService):
         self._opening: dict[asyncio.AbstractEventLoop, asyncio.Future[LoopPublisher]] = {}
         self._lock = threading.Lock()
         self._running = False
-        self._pending: contextvars.ContextVar[
-            tuple[asyncio.Task[object] | None, list[tuple[str, asyncio.Future[None]]] | None]
-        ] = contextvars.ContextVar(f"spakky_rabbitmq_pending_{id(self)}")
+        # Keyed by task, weakly: a task's own context must not hold the task, or every
+        # publishing task would become a reference cycle left to the garbage collector.
+        self._pending: weakref.WeakKeyDictionary[
+            asyncio.Task[object], list[tuple[str, asyncio.Future[None]]]
+        ] = weakref.WeakKeyDictionary()
+        self._pending_outside_tasks: list[tuple[str, asyncio.Future[None]]] = []
 
     @override
     def set_stop_event(self, stop_event: asyncio.Event) -> None:
@@ -116,12 +119,12 @@ class AsyncRabbitMQEventTransport(IAsyncEventTransport, IAsyncService):
         _raise_outcome(batch, self._config.confirm_timeout, alarm)
 
     def _pending_list(self) -> list[tuple[str, asyncio.Future[None]]]:
-        # A child task inherits this variable; the owner check gives it its own list.
         task = asyncio.current_task()
-        owner, pending = self._pending.get((None, None))
-        if pending is None or owner is not task:
-            pending = list[tuple[str, asyncio.Future[None]]]()
-            self._pending.set((task, pending))
+        if task is None:  # a coroutine driven by hand, not by a task
+            return self._pending_outside_tasks
+        pending = self._pending.get(task)
+        if pending is None:
+            pending = self._pending[task] = []
         return pending
 
     async def _publisher_for_this_loop(self) -> LoopPublisher:
