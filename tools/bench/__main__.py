@@ -4,12 +4,13 @@ import argparse
 import asyncio
 import sys
 import time
-from dataclasses import fields
+from collections.abc import Awaitable, Callable
+from dataclasses import fields, replace
 from functools import partial
 from pathlib import Path
 
 from tools.bench import _raw, _report, _spakky
-from tools.bench._common import Counts, Figure, set_broker_env
+from tools.bench._common import Counts, Figure, merged, set_broker_env
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -50,9 +51,6 @@ GROUPS = ("raw", "publish", "consume", "flow")
 async def _round(counts: Counts, groups: set[str], *, extras: bool, number: int) -> list[Figure]:
     figures: list[Figure] = []
     raw = "raw" in groups
-    # With tracing and auth, consuming runs right beside its plain twin, and which goes
-    # first changes from round to round, so that drift favours neither.
-    extras_first = extras and number % 2 == 0
     async with _raw.broker() as admin:
         if raw and "publish" in groups:
             for scenario in (_raw.pipelined, partial(_raw.each_confirm, persistent=False)):
@@ -61,18 +59,8 @@ async def _round(counts: Counts, groups: set[str], *, extras: bool, number: int)
         if "publish" in groups:
             figures += await _spakky.publishing(admin, counts, extras=extras, with_raw=raw)
 
-        raw_consume_last = number % 2 == 0  # consuming, too, alternates who goes first
-        if raw and "consume" in groups and not raw_consume_last:
-            figures.append(await _raw.consume(admin, counts))
         if "consume" in groups:
-            if extras_first:
-                figures.append(await _spakky.consume(admin, counts, is_async=True, extras=True))
-            figures.append(await _spakky.consume(admin, counts, is_async=True))
-            if extras and not extras_first:
-                figures.append(await _spakky.consume(admin, counts, is_async=True, extras=True))
-            figures.append(await _spakky.consume(admin, counts, is_async=False))
-        if raw and "consume" in groups and raw_consume_last:
-            figures.append(await _raw.consume(admin, counts))
+            figures += await _consuming(admin, counts, raw=raw, extras=extras, number=number)
 
         if raw and "flow" in groups:
             figures.append(await _raw.end_to_end(admin, counts))
@@ -82,6 +70,36 @@ async def _round(counts: Counts, groups: set[str], *, extras: bool, number: int)
         if "flow" in groups:
             figures += await _spakky.flowing(admin, counts)
     return figures
+
+
+CONSUME_SLICES = 4
+"""Turns into which each consume scenario's backlog is cut."""
+
+
+async def _consuming(
+    admin: _raw.Broker, counts: Counts, *, raw: bool, extras: bool, number: int
+) -> list[Figure]:
+    """Every consume scenario, each on a quarter of the backlog at a time, taking turns.
+
+    This machine's speed drifts by a third over tens of seconds; scenarios that take
+    turns see the same drift, and who goes first rotates.
+    """
+    runs: list[tuple[str, Callable[[Counts], Awaitable[Figure]]]] = []
+    if raw:
+        runs.append(("raw_consume", partial(_raw.consume, admin)))
+    runs.append(("consume_async", partial(_spakky.consume, admin, is_async=True)))
+    if extras:
+        runs.append(
+            ("consume_async_extras", partial(_spakky.consume, admin, is_async=True, extras=True))
+        )
+    runs.append(("consume_sync", partial(_spakky.consume, admin, is_async=False)))
+    share = replace(counts, consume=max(20, counts.consume // CONSUME_SLICES))
+    results: dict[str, list[Figure]] = {name: [] for name, _ in runs}
+    for turn in range(CONSUME_SLICES):
+        shift = (turn + number) % len(runs)
+        for name, run in runs[shift:] + runs[:shift]:
+            results[name].append(await run(share))
+    return [merged(name, figures) for name, figures in results.items()]
 
 
 def main(argv: list[str] | None = None) -> int:

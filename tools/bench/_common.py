@@ -108,6 +108,19 @@ class Tally:
         return rate_figure(scenario, self.sent, self.seconds, timed_out=timed_out, cpu=self.cpu)
 
 
+def merged(scenario: str, figures: list[Figure]) -> Figure:
+    """One rate figure from several runs of a scenario: all messages over all their time."""
+    count = sum(figure.count for figure in figures)
+    cpu = sum(figure.extra.get("cpu_us_per_msg", 0.0) * figure.count for figure in figures)
+    return rate_figure(
+        scenario,
+        count,
+        sum(figure.seconds for figure in figures),
+        timed_out=any(figure.timed_out for figure in figures),
+        cpu=cpu / 1e6,
+    )
+
+
 def unique_name(scenario: str) -> str:
     """A queue name no other run uses, so runs never collide and leftovers are obvious."""
     return f"bench-{scenario}-{uuid.uuid4().hex[:8]}"
