@@ -60,12 +60,12 @@ def read_snapshot(headers: Mapping[str, str]) -> str | None:
     Raises:
         AmbiguousAuthSnapshotError: both headers are set, to different values.
     """
-    values = {headers[name] for name in SNAPSHOT_HEADERS if headers.get(name)}
-    if len(values) > 1:
+    preferred, other = (headers.get(name) for name in SNAPSHOT_HEADERS)
+    if preferred and other and preferred != other:
         raise AmbiguousAuthSnapshotError(
             f"headers {' and '.join(SNAPSHOT_HEADERS)} carry different snapshots"
         )
-    return values.pop() if values else None
+    return preferred or other or None
 
 
 @Pod()

@@ -106,13 +106,13 @@ def child_of(parent: TraceContext | None) -> tuple[TraceContext, SpanContext]:
         trace_id = 0
         while not trace_id:
             trace_id = random.getrandbits(128)
-        trace_hex, parent_span_id, flags = format(trace_id, "032x"), None, 1
+        trace_hex, parent_span_id, flags = trace_id.to_bytes(16).hex(), None, 1
     else:
         trace_hex, parent_span_id, flags = parent.trace_id, parent.span_id, parent.trace_flags
         trace_id = int(trace_hex, 16)
     current = TraceContext(
         trace_id=trace_hex,
-        span_id=format(span_id, "016x"),
+        span_id=span_id.to_bytes(8).hex(),
         parent_span_id=parent_span_id,
         trace_flags=flags,
     )
