@@ -193,3 +193,23 @@ async def test_cut_during_first_declaration_is_resent_not_failed(
     finally:
         await transport.stop_async()
     assert await broker.wait_for_count(unique_name, 200) >= 200
+
+
+async def test_sends_made_in_tasks_of_their_own_and_never_flushed_are_reported(
+    broker_env: Any, unique_name: str, broker: BrokerAdmin, caplog: pytest.LogCaptureFixture
+) -> None:
+    # flush() covers the calling task's sends; gather() runs each send in its own task.
+    transport = AsyncRabbitMQEventTransport(RabbitMQConnectionConfig.from_values())
+    await transport.start_async()
+    try:
+        await transport.send(unique_name, body(0), {})
+        await transport.flush()  # declares the queue
+        await asyncio.gather(*(transport.send(unique_name, body(i), {}) for i in range(1, 4)))
+        await transport.flush()
+        assert await broker.wait_for_count(unique_name, 4) == 4
+    finally:
+        await transport.stop_async()
+
+    warnings = [r.getMessage() for r in caplog.records if "never flushed" in r.getMessage()]
+    assert len(warnings) == 3
+    assert warnings[0].startswith("1 event(s) sent by task")

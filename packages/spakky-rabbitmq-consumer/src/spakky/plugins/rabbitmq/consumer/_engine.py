@@ -118,7 +118,7 @@ class ConsumerEngine:
         role: str,
     ) -> None:
         self._config = config
-        self._interceptors = interceptors
+        self._interceptors = tuple(sorted(interceptors, key=_order_of))
         self._application_context = application_context
         self._role = role
         self._subscriptions = [
@@ -158,6 +158,9 @@ class ConsumerEngine:
                 await self._subscribe(subscription)
         except BaseException:
             await self._close_connection()
+            if self._threads is not None:
+                self._threads.shutdown()
+                self._threads = None
             raise
         self._connection.add_reconnect_listener(self._resubscribe)
 
@@ -626,6 +629,10 @@ class ConsumerEngine:
     async def _delay(self) -> None:
         if self._config.requeue_delay and not self._stopping:
             await asyncio.sleep(self._config.requeue_delay)
+
+
+def _order_of(interceptor: IConsumeInterceptor) -> int:
+    return interceptor.order
 
 
 def _escaped(error: BaseException) -> Exception:

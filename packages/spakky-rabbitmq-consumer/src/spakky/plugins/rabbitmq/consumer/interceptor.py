@@ -63,6 +63,10 @@ class IConsumeInterceptor(ABC):
     Register implementations as pods; both consumers collect all of them.
     """
 
+    order: int = 0
+    """Where this interceptor sits: a lower order wraps a higher one; equal ones keep the
+    container's order. Tracing is outermost (-100), so its span also covers rejections."""
+
     @abstractmethod
     def intercept(
         self, message: InboundMessage, handler: HandlerInfo, event: AbstractEvent

@@ -2,6 +2,7 @@
 
 import logging
 import random
+import re
 import time
 from importlib.metadata import PackageNotFoundError, version
 
@@ -18,8 +19,8 @@ _INSTRUMENTATION_NAME = "spakky.plugins.rabbitmq.tracing"
 _NO_SDK = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 _GLOBAL_PROVIDER_RECHECK = 0.5
 """Seconds after which a global SDK set while the application runs starts recording."""
-_TRACE_ID_LIMIT = 1 << 128
-_SPAN_ID_LIMIT = 1 << 64
+_TRACE_ID = re.compile("[0-9a-f]{32}")
+_SPAN_ID = re.compile("[0-9a-f]{16}")
 _FLAGS = tuple(TraceFlags(value) for value in range(256))
 
 
@@ -69,15 +70,19 @@ def extract_trace_context(
 
 
 def ids_of(context: TraceContext) -> tuple[int, int] | None:
-    """The trace and span ids of ``context`` as numbers, or None when either is not valid."""
+    """The trace and span ids of ``context`` as numbers, or None unless both are valid.
+
+    Valid means what W3C Trace Context allows: 32 and 16 lower-case hex digits, not all
+    zero. A custom propagator may hand over anything; only valid ids are carried on.
+    """
+    trace_id, span_id = context.trace_id, context.span_id
     try:
-        trace_id = int(context.trace_id, 16)
-        span_id = int(context.span_id, 16)
-    except (TypeError, ValueError):
+        if not (_TRACE_ID.fullmatch(trace_id) and _SPAN_ID.fullmatch(span_id)):
+            return None
+    except TypeError:  # not a string at all
         return None
-    if 0 < trace_id < _TRACE_ID_LIMIT and 0 < span_id < _SPAN_ID_LIMIT:
-        return trace_id, span_id
-    return None
+    ids = int(trace_id, 16), int(span_id, 16)
+    return ids if all(ids) else None
 
 
 def span_context_of(context: TraceContext, *, remote: bool = True) -> SpanContext | None:
@@ -108,7 +113,8 @@ def child_of(parent: TraceContext | None) -> tuple[TraceContext, SpanContext]:
             trace_id = random.getrandbits(128)
         trace_hex, parent_span_id, flags = trace_id.to_bytes(16).hex(), None, 1
     else:
-        trace_hex, parent_span_id, flags = parent.trace_id, parent.span_id, parent.trace_flags
+        trace_hex, parent_span_id = parent.trace_id, parent.span_id
+        flags = parent.trace_flags & 0xFF  # the 8 bits a traceparent header can carry
         trace_id = int(trace_hex, 16)
     current = TraceContext(
         trace_id=trace_hex,
@@ -117,7 +123,7 @@ def child_of(parent: TraceContext | None) -> tuple[TraceContext, SpanContext]:
         trace_flags=flags,
     )
     own = SpanContext(
-        trace_id=trace_id, span_id=span_id, is_remote=False, trace_flags=_FLAGS[flags & 0xFF]
+        trace_id=trace_id, span_id=span_id, is_remote=False, trace_flags=_FLAGS[flags]
     )
     return current, own
 

@@ -42,6 +42,8 @@ class TracingConsumeInterceptor(IConsumeInterceptor):
     current span. Both are cleared when the handler returns.
     """
 
+    order = -100  # outermost: a call that another interceptor rejects still gets its span
+
     def __init__(
         self,
         propagator: ITracePropagator,

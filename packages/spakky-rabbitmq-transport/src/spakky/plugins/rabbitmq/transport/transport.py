@@ -125,7 +125,19 @@ class AsyncRabbitMQEventTransport(IAsyncEventTransport, IAsyncService):
         pending = self._pending.get(task)
         if pending is None:
             pending = self._pending[task] = []
+            task.add_done_callback(self._check_flushed)
         return pending
+
+    def _check_flushed(self, task: asyncio.Task[object]) -> None:
+        unflushed = self._pending.pop(task, None)
+        if unflushed:
+            logger.warning(
+                "%d event(s) sent by task %r were never flushed, so nobody learns whether "
+                "the broker took them: call flush() in the task that called send() (a send "
+                "inside asyncio.gather() or create_task() runs in a task of its own)",
+                len(unflushed),
+                task.get_name(),
+            )
 
     async def _publisher_for_this_loop(self) -> LoopPublisher:
         loop = asyncio.get_running_loop()
