@@ -14,11 +14,14 @@ uses ``basic_publish``.
 
 import asyncio
 import logging
+import operator
+import struct
 import uuid
 from collections import deque
+from datetime import UTC, datetime
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, cast
 
 import aiormq.abc
 import pamqp.frame
@@ -31,6 +34,28 @@ _CHECKED_VERSIONS = ("7.2.",)
 _METHOD_CACHE_SIZE = 1024
 _FRAME_LIMIT = 256 * 1024
 """Bytes after which a frame takes no more messages, to keep single writes moderate."""
+_UNSET = (None, "")
+_FLAG = spec.Basic.Properties.flags
+_PLAIN_PROPERTIES = {
+    "content_type",
+    "headers",
+    "delivery_mode",
+    "message_id",
+    "timestamp",
+    "message_type",
+}
+_OTHER_VALUES = operator.attrgetter(
+    *(name for name in spec.Basic.Properties.__slots__ if name not in _PLAIN_PROPERTIES)
+)
+_BASIC_CLASS = spec.Basic.frame_id
+_FRAME_HEADER = 2  # AMQP 0-9-1 frame type of a content header
+_FRAME_END = b"\xce"
+_FRAME_START = struct.Struct(">BHI")
+_HEADER_START = struct.Struct(">HxxQH")
+_TIMESTAMP = struct.Struct(">Q")
+_LONG = struct.Struct(">I")
+_TABLE_ENTRY = struct.Struct(">B")
+_STRING_VALUE = struct.Struct(">cI")
 _CHANNEL_FRAME: Any = aiormq.abc.ChannelFrame  # its fields are only partly annotated
 _INTERNALS = (
     "delivery_tag",
@@ -136,8 +161,7 @@ class FrameWriter:
         method = self._methods.get((exchange, routing_key, mandatory))
         if method is None:
             method = self._method(exchange, routing_key, mandatory)
-        header = ContentHeader(properties=properties, body_size=len(body))
-        parts = [method, pamqp.frame.marshal(header, number)]
+        parts = [method, content_header_frame(properties, len(body), number)]
         parts += [pamqp.frame.marshal(part, number) for part in channel._split_body(body)]
 
         # AMQP 0-9-1 confirms (RabbitMQ extension): the broker numbers published
@@ -196,6 +220,93 @@ class FrameWriter:
         self._backlog.clear()
         if self._pump is not None:
             self._pump.cancel()
+
+
+def content_header_frame(properties: spec.Basic.Properties, body_size: int, number: int) -> bytes:
+    """The content header frame of one message, byte for byte what pamqp marshals.
+
+    pamqp encodes every property through a generic, type-driven path: about 9 µs a
+    message, near half of what `FrameWriter.publish` costs. The properties this plugin
+    writes (content type, string headers, delivery mode, message id, timestamp, type) are
+    encoded here directly, in about 4 µs; any other property, or any value pamqp would
+    have to convert or reject, goes through pamqp.
+    """
+    others = _OTHER_VALUES(properties)
+    if others.count(None) + others.count("") != len(others):
+        return _pamqp_header_frame(properties, body_size, number)
+    try:
+        flags, encoded = _encoded_properties(properties)
+    except _NotPlain:
+        return _pamqp_header_frame(properties, body_size, number)
+    payload = _HEADER_START.pack(_BASIC_CLASS, body_size, flags) + encoded
+    return _FRAME_START.pack(_FRAME_HEADER, number, len(payload)) + payload + _FRAME_END
+
+
+def _pamqp_header_frame(properties: spec.Basic.Properties, body_size: int, number: int) -> bytes:
+    return pamqp.frame.marshal(ContentHeader(properties=properties, body_size=body_size), number)
+
+
+class _NotPlain(Exception):
+    """A property value that pamqp would convert, truncate or reject."""
+
+
+def _encoded_properties(properties: spec.Basic.Properties) -> tuple[int, bytes]:
+    flags = 0
+    parts: list[bytes] = []
+    # In pamqp's order (Basic.Properties.__slots__), each present unless None or "".
+    if (content_type := properties.content_type) not in _UNSET:
+        flags |= _FLAG["content_type"]
+        parts.append(_short_string(content_type))
+    if (headers := properties.headers) not in _UNSET:
+        flags |= _FLAG["headers"]
+        parts.append(_string_table(headers))
+    if (delivery_mode := properties.delivery_mode) not in _UNSET:
+        if type(delivery_mode) is not int or not 0 <= delivery_mode <= 255:
+            raise _NotPlain
+        flags |= _FLAG["delivery_mode"]
+        parts.append(bytes((delivery_mode,)))
+    if (message_id := properties.message_id) not in _UNSET:
+        flags |= _FLAG["message_id"]
+        parts.append(_short_string(message_id))
+    if (timestamp := properties.timestamp) not in _UNSET:
+        if type(timestamp) is not datetime or timestamp.tzinfo is not UTC:
+            raise _NotPlain
+        flags |= _FLAG["timestamp"]
+        parts.append(_TIMESTAMP.pack(int(timestamp.timestamp())))
+    if (message_type := properties.message_type) not in _UNSET:
+        flags |= _FLAG["message_type"]
+        parts.append(_short_string(message_type))
+    return flags, b"".join(parts)
+
+
+def _short_string(value: object) -> bytes:
+    if type(value) is not str:
+        raise _NotPlain
+    encoded = value.encode()
+    if len(encoded) > 255:
+        raise _NotPlain
+    return bytes((len(encoded),)) + encoded
+
+
+def _string_table(table: object) -> bytes:
+    if type(table) is not dict:
+        raise _NotPlain
+    parts: list[bytes] = []
+    try:
+        entries = sorted(cast("dict[object, object]", table).items())
+    except TypeError:  # keys that do not sort: pamqp will say so
+        raise _NotPlain from None
+    for key, value in entries:
+        if type(key) is not str or type(value) is not str:
+            raise _NotPlain
+        encoded_key = key.encode()
+        if len(encoded_key) > 128:  # pamqp truncates such keys, with a warning
+            raise _NotPlain
+        encoded_value = value.encode()
+        parts.append(_TABLE_ENTRY.pack(len(encoded_key)) + encoded_key)
+        parts.append(_STRING_VALUE.pack(b"S", len(encoded_value)) + encoded_value)
+    encoded_table = b"".join(parts)
+    return _LONG.pack(len(encoded_table)) + encoded_table
 
 
 def _forget(channel: Any, message_id: str, tag: int, _: asyncio.Future[Any]) -> None:
