@@ -10,7 +10,7 @@ import os
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiormq
 import aiormq.abc
@@ -18,6 +18,9 @@ import aiormq.exceptions
 import pytest
 from spakky.core.common.mutability import immutable
 from spakky.domain.models.event import AbstractIntegrationEvent
+
+if TYPE_CHECKING:
+    from spakky.core.application.application import SpakkyApplication
 
 BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
 RETRY_DELAYS_IN_TESTS = ("0.2", "0.4", "1", "10", "60")
@@ -212,17 +215,11 @@ def run_app(broker: BrokerAdmin) -> Iterator[Callable[..., Any]]:
     """
     del broker
     from spakky.core.application.application import SpakkyApplication
-    from spakky.core.application.application_context import ApplicationContext
 
     started: list[SpakkyApplication] = []
 
     def start(*pods: type, plugins: set[str] | None = None) -> SpakkyApplication:
-        from spakky.core.application.plugin import Plugin
-
-        include = {Plugin(name=name) for name in plugins} if plugins is not None else None
-        app = SpakkyApplication(ApplicationContext()).load_plugins(include=include)
-        for pod in (*_NO_DATABASE, *pods):
-            app.add(pod)
+        app = build_app(*pods, plugins=plugins)
         app.start()
         started.append(app)
         return app
@@ -231,6 +228,20 @@ def run_app(broker: BrokerAdmin) -> Iterator[Callable[..., Any]]:
     for app in reversed(started):
         if app.application_context.is_started:
             app.stop()
+
+
+def build_app(*pods: type, plugins: set[str] | None = None) -> "SpakkyApplication":
+    """A Spakky application with the installed plugins (or only ``plugins``) and ``pods``,
+    plus the pods a service without a database needs; not started."""
+    from spakky.core.application.application import SpakkyApplication
+    from spakky.core.application.application_context import ApplicationContext
+    from spakky.core.application.plugin import Plugin
+
+    include = {Plugin(name=name) for name in plugins} if plugins is not None else None
+    app = SpakkyApplication(ApplicationContext()).load_plugins(include=include)
+    for pod in (*_NO_DATABASE, *pods):
+        app.add(pod)
+    return app
 
 
 def _no_database_pods() -> tuple[type, ...]:

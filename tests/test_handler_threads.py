@@ -10,14 +10,12 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 from spakky.core.application.application import SpakkyApplication
-from spakky.core.application.application_context import ApplicationContext
 from spakky.event.event_publisher import IAsyncEventPublisher
 from spakky.event.stereotype.event_handler import EventHandler, on_event
 from spakky.tracing.context import TraceContext
 
-from conftest import BrokerAdmin, make_event_type
+from conftest import BrokerAdmin, build_app, make_event_type
 from spakky.plugins.rabbitmq.consumer import HEADER_ERROR_TYPE, HEADER_REASON
-from tools.demo.app import NoDatabaseAsyncTransaction, NoDatabaseTransaction
 
 pytestmark = pytest.mark.broker
 
@@ -41,7 +39,7 @@ async def wait_for(check: Any, within: float = 15.0) -> bool:
 async def test_many_sync_handlers_of_several_events(
     broker_env: Any, unique_name: str, run_app: Any, broker: BrokerAdmin, with_async: bool
 ) -> None:
-    events = [make_event_type(f"{unique_name}-{n}", user_id=int) for n in range(3)]
+    events: list[Any] = [make_event_type(f"{unique_name}-{n}", user_id=int) for n in range(3)]
     for event in events:
         for suffix in ("", ".dlq"):
             broker.track("queue", event_name_of(event) + suffix)
@@ -91,7 +89,7 @@ async def test_many_sync_handlers_of_several_events(
     publisher = app.container.get(IAsyncEventPublisher)
     await asyncio.gather(
         *(
-            asyncio.create_task(publisher.publish(event(user_id=n)))  # pyright: ignore[reportCallIssue]
+            asyncio.create_task(publisher.publish(event(user_id=n)))
             for event in events
             for n in range(per_event)
         )
@@ -271,9 +269,7 @@ async def test_two_apps_one_after_another_leave_no_threads(
             counts[event.user_id] += 1
 
     def run_once(user_id: int) -> None:
-        app = SpakkyApplication(ApplicationContext()).load_plugins()
-        for pod in (NoDatabaseTransaction, NoDatabaseAsyncTransaction, Sync):
-            app.add(pod)
+        app = build_app(Sync)
         app.start()
         try:
             from spakky.event.event_publisher import IEventPublisher
@@ -323,9 +319,7 @@ async def test_failed_start_leaves_no_worker_threads(
         cls = EventHandler()(Handlers)
 
     def start() -> None:
-        app = SpakkyApplication(ApplicationContext()).load_plugins()
-        for pod in (NoDatabaseTransaction, NoDatabaseAsyncTransaction, cls):
-            app.add(pod)
+        app = build_app(cls)
         with pytest.raises(Exception):  # noqa: B017 - any start failure will do
             app.start()
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from conftest import BrokerAdmin, CuttableProxy
+from spakky.plugins.rabbitmq.config import RabbitMQConnectionError
 from spakky.plugins.rabbitmq.config.publisher import PublishRejectedError
 from spakky.plugins.rabbitmq.config.settings import RabbitMQConnectionConfig
 from spakky.plugins.rabbitmq.transport import AsyncRabbitMQEventTransport
@@ -213,3 +214,25 @@ async def test_sends_made_in_tasks_of_their_own_and_never_flushed_are_reported(
     warnings = [r.getMessage() for r in caplog.records if "never flushed" in r.getMessage()]
     assert len(warnings) == 3
     assert warnings[0].startswith("1 event(s) sent by task")
+
+
+async def test_declaration_cut_for_longer_than_reconnect_timeout_fails_flush_in_time(
+    proxy: CuttableProxy,
+    monkeypatch: pytest.MonkeyPatch,
+    unique_name: str,
+    broker: BrokerAdmin,
+) -> None:
+    monkeypatch.setenv("SPAKKY_RABBITMQ__RECONNECT_TIMEOUT", "1")
+    transport = AsyncRabbitMQEventTransport(RabbitMQConnectionConfig.from_values())
+    await transport.start_async()
+    try:
+        for i in range(50):
+            await transport.send(unique_name, body(i), {})
+        outage = asyncio.ensure_future(asyncio.to_thread(proxy.cut, refuse_for=4))
+        started = time.monotonic()
+        with pytest.raises(RabbitMQConnectionError, match="did not come back"):
+            await asyncio.wait_for(transport.flush(), 20)
+        assert time.monotonic() - started < 4  # bounded by RECONNECT_TIMEOUT, not the outage
+        await outage
+    finally:
+        await transport.stop_async()

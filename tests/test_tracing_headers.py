@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import TypeAdapter
 from spakky.core.pod.annotations.pod import Pod
+from spakky.domain.models.event import AbstractEvent
 from spakky.event.stereotype.event_handler import EventHandler, on_event
 from spakky.tracing.context import TraceContext
 from spakky.tracing.propagator import ITracePropagator
@@ -225,7 +226,7 @@ def test_custom_propagator_output_keeps_trace_context_and_otel_in_agreement(
 ) -> None:
     propagator = _OddPropagator(parent, raises=parent is None)
     interceptor = TracingConsumeInterceptor(propagator, sdk[0] if with_sdk else None)
-    handler = HandlerInfo(handler_id="h", event_type=object, is_async=False, call=print)  # type: ignore[arg-type]
+    handler = HandlerInfo("h", AbstractEvent, is_async=False, call=lambda event: None)
     with interceptor.intercept(_inbound(), handler, None):  # type: ignore[arg-type]
         context = TraceContext.get()
         span_context = trace.get_current_span().get_span_context()
